@@ -1,0 +1,144 @@
+"""Fashion-MNIST MLP comparison: backprop vs the local rules on the same data and budget.
+
+Runs experiment presets (``configs/experiment/``) through the library API, one or more seeds
+each, and writes ``benchmarks/results/<name>.json`` and ``.md``: test accuracy, epochs, training
+wall-clock, samples/s, peak memory, and the machine. Rows of earlier invocations are kept unless
+the same experiment is run again, so rows can be produced one at a time:
+
+    python benchmarks/fmnist_mlp.py fmnist_bp_mlp fmnist_mf_mlp
+    python benchmarks/fmnist_mlp.py fmnist_ff_mlp --seeds 0 1 2
+
+Needs the Fashion-MNIST IDX files (``apt-get install dataset-fashion-mnist`` on Debian, or
+``data.root=DIR``, or ``data.download=true`` where there is internet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import bioplaus
+from bioplaus.tracking import machine_description
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_EXPERIMENTS = ["fmnist_bp_mlp", "fmnist_mf_mlp", "fmnist_ff_mlp"]
+#: published figures each row answers to (ALGORITHMS.md)
+PAPER = {
+    "fmnist_bp_mlp": "89.13 % (BP, 784-1000-1000, Mono-Forward paper's benchmark)",
+    "fmnist_mf_mlp": "89.72 % (Mono-Forward, 784-1000-1000, 3 seeds)",
+    "fmnist_ff_mlp": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
+    "fmnist_ff_mlp_paper": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
+    "fmnist_bp_ff_mlp": "88.88 % (BP on FF's 4×2000 net)",
+}
+
+
+def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> dict:
+    cfg = bioplaus.compose([f"experiment={name}", f"seed={seed}", f"paths.runs={runs}",
+                            "trainer.progress=lines", *overrides])
+    summary = bioplaus.train(cfg)
+    summary["hidden"] = list(cfg.circuit.get("hidden", []))
+    summary["epochs"] = int(cfg.trainer.epochs)
+    summary["batch_size"] = int(cfg.trainer.batch_size)
+    return summary
+
+
+def aggregate(name: str, summaries: list[dict]) -> dict:
+    accs = [s["test_accuracy"] for s in summaries]
+    first = summaries[0]
+    row = {
+        "experiment": name,
+        "learner": first["learner"],
+        "circuit": f"{first['circuit']} {'-'.join(['784', *map(str, first['hidden'])])}",
+        "seeds": [s["seed"] for s in summaries],
+        "test_accuracy_mean": statistics.mean(accs),
+        "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "test_accuracies": accs,
+        "epochs": first["epochs"],
+        "epochs_completed": [s["epochs_completed"] for s in summaries],
+        "best_epochs": [s.get("best_epoch") for s in summaries],
+        "batch_size": first["batch_size"],
+        "train_seconds_mean": statistics.mean(s["train_seconds"] for s in summaries),
+        "samples_per_second_mean": statistics.mean(s["samples_per_second"] for s in summaries),
+        "peak_memory_bytes_max": max(s["peak_memory_bytes"] for s in summaries),
+        "device": first["device"],
+        "machine": first["machine"],
+        "paper": PAPER.get(name, ""),
+        "other_readouts": {k: v for k, v in first.items()
+                           if k.startswith("test_accuracy_") and isinstance(v, float)},
+        "run_dirs": [s["run_dir"] for s in summaries],
+    }
+    return row
+
+
+def write_markdown(path: Path, payload: dict) -> None:
+    lines = [
+        f"# {payload['title']}",
+        "",
+        f"Machine: {payload['machine']}. torch {payload['torch']}. Updated {payload['updated']}.",
+        "Protocol: 54k train / 6k validation (seeded split) / 10k test; the weights of the best "
+        "validation epoch are tested (`trainer.select=best_val`). Wall-clock is training time only "
+        "(no evaluation), summed over epochs.",
+        "",
+        "| experiment | learner | circuit | test acc. (%) | seeds | epochs | batch | train s | samples/s "
+        "| peak mem (MiB) | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in payload["rows"]:
+        acc = f"{100 * row['test_accuracy_mean']:.2f}"
+        if len(row["seeds"]) > 1:
+            acc += f" ± {100 * row['test_accuracy_std']:.2f}"
+        lines.append(
+            f"| {row['experiment']} | {row['learner']} | {row['circuit']} | {acc} | {len(row['seeds'])} "
+            f"| {row['epochs']} | {row['batch_size']} | {row['train_seconds_mean']:.0f} "
+            f"| {row['samples_per_second_mean']:.0f} | {row['peak_memory_bytes_max'] / 2**20:.0f} "
+            f"| {row['paper']} |"
+        )
+    extra = [r for r in payload["rows"] if r["other_readouts"]]
+    if extra:
+        lines += ["", "Other readouts (first seed):", ""]
+        for row in extra:
+            shown = ", ".join(f"{k.removeprefix('test_accuracy_')} {100 * v:.2f} %"
+                              for k, v in row["other_readouts"].items())
+            lines.append(f"- {row['experiment']}: {shown}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiments", nargs="*", default=DEFAULT_EXPERIMENTS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--name", default="fmnist_mlp", help="results file stem")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "bench")
+    parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
+    args = parser.parse_args(argv)
+
+    out_json = HERE / "results" / f"{args.name}.json"
+    payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
+    for name in args.experiments:
+        summaries = [run_experiment(name, seed, args.override, args.runs) for seed in args.seeds]
+        row = aggregate(name, summaries)
+        payload["rows"] = [r for r in payload["rows"] if r["experiment"] != name] + [row]
+        print(json.dumps({k: row[k] for k in ("experiment", "test_accuracy_mean", "train_seconds_mean")}),
+              file=sys.stderr)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    payload.update(
+        title="Fashion-MNIST MLP comparison",
+        machine=machine_description(device),
+        torch=torch.__version__,
+        updated=dt.date.today().isoformat(),
+    )
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(out_json.with_suffix(".md"), payload)
+    print(out_json.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from bioplaus.cli import main
+
+main()

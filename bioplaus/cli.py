@@ -1,0 +1,191 @@
+"""The `bioplaus` command: ``run``, ``list``.
+
+``bioplaus run OVERRIDES...`` hands its arguments to a ``@hydra.main`` entry, so Hydra's syntax
+works as usual (``key=value``, ``+key=value``, ``~key``, ``-m`` multirun, ``--cfg job``). Before
+Hydra starts, the overrides are checked so that bad input exits 2 with one clear paragraph and
+no run directory is created.
+
+Exit codes: 0 done; 2 usage or config error; 1 a run that failed or diverged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from bioplaus.errors import RunFailed, UsageError
+
+USAGE = """usage: bioplaus COMMAND [ARGS]
+
+commands:
+  run [OVERRIDES...]   train: bioplaus run learner=forward_forward trainer.epochs=5
+                       (Hydra syntax: key=value, +key=value, ~key, -m for multirun, --cfg job)
+  list                 learners, circuits, data sets, experiments, learner×circuit compatibility
+
+The run directory is printed as the last line. Exit codes: 0 done, 1 run failed or diverged,
+2 usage error."""
+
+
+def _error(message: str, code: int = 2) -> None:
+    print(f"bioplaus: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, hydra flags) of a `bioplaus run` command line."""
+    from bioplaus.config import HYDRA_FLAGS_WITH_VALUE
+
+    overrides, flags = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in HYDRA_FLAGS_WITH_VALUE and i + 1 < len(args) and "=" not in args[i + 1]:
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return overrides, flags
+
+
+def _resume_dir(overrides: list[str]) -> str | None:
+    for o in overrides:
+        if o.startswith("trainer.resume="):
+            value = o.split("=", 1)[1]
+            return value if value not in ("", "null") else None
+    return None
+
+
+def _resume(run_dir: str, overrides: list[str]) -> None:
+    """`bioplaus run trainer.resume=DIR [key=value...]`: continue DIR with its saved config."""
+    from bioplaus.engine import resume
+
+    try:
+        summary = resume(run_dir, overrides)
+    except UsageError as e:
+        _error(str(e))
+    except RunFailed as e:
+        print(f"bioplaus: {e}", file=sys.stderr)
+        print(e.run_dir or run_dir, flush=True)
+        sys.exit(1)
+    print(summary["run_dir"], flush=True)
+
+
+def _prevalidate(overrides: list[str], multirun: bool) -> None:
+    from bioplaus import config
+
+    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
+    if multirun:
+        config.check_overrides(plain)
+    else:
+        config.compose(plain)
+
+
+def _task(cfg: Any) -> None:
+    """The @hydra.main task: one run into hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from bioplaus.engine import train
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    existed = run_dir.exists() and any(run_dir.iterdir())
+    try:
+        summary = train(cfg, run_dir=run_dir)
+    except UsageError as e:
+        if not existed and run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"bioplaus: error: {e}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        return
+    except RunFailed as e:
+        print(f"bioplaus: {e}", file=sys.stderr)
+        print(e.run_dir or run_dir, flush=True)
+        if not multirun:
+            sys.exit(1)
+        return
+    print(summary["run_dir"], flush=True)
+
+
+def run(args: list[str]) -> None:
+    import hydra
+
+    overrides, flags = _split_hydra_args(args)
+    resume_dir = _resume_dir(overrides)
+    if resume_dir is not None:
+        _resume(resume_dir, overrides)
+        return
+    help_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i") for f in flags)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    if not help_only and not any(f in ("--cfg", "-c") for f in flags):
+        try:
+            _prevalidate(overrides, multirun)
+        except UsageError as e:
+            _error(str(e))
+    sys.argv = ["bioplaus run", *flags, *overrides]
+    main_fn = hydra.main(config_path="pkg://bioplaus.configs", config_name="config",
+                         version_base=None)(_task)
+    main_fn()
+
+
+# -- list -----------------------------------------------------------------------------------------
+
+
+def list_all() -> None:
+    from bioplaus import registry
+    from bioplaus.config import group_options
+
+    learners = registry.learners()
+    circuits = registry.circuits()
+    print("learners:")
+    for name, cls in learners.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"  {name:<18} circuits: {', '.join(c for c in circuits if cls.supports(c)):<24} {doc}")
+    print("circuits:")
+    for name, cls in circuits.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"  {name:<18} {doc}")
+    print("data:")
+    for name in registry.datasets():
+        print(f"  {name}")
+    print("experiments:")
+    for name in group_options("experiment"):
+        print(f"  {name}")
+    print("compatibility (learner × circuit, + = supported):")
+    names = list(circuits)
+    width = max(len(n) for n in learners) + 2
+    print(" " * (width + 2) + " ".join(f"{c:>8}" for c in names))
+    for name, row in registry.compatibility().items():
+        print(f"  {name:<{width}}" + " ".join(f"{'+' if row[c] else '.':>8}" for c in names))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    command, rest = args[0], args[1:]
+    if command == "run":
+        run(rest)
+    elif command == "list":
+        try:
+            list_all()
+        except UsageError as e:
+            _error(str(e))
+    else:
+        _error(f"unknown command '{command}'. Valid commands: run, list.\n\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The three roles of bioplaus: `Task`, `Circuit` and `Learner` (DESIGN.md §2).
+
+A *circuit* is the structure a rule acts on: an ordered list of blocks, each mapping the previous
+block's output to its own. A *learner* owns the update rule and every parameter the rule adds.
+The engine composes the two and knows no specific rule.
+
+The `train_step` contract (what makes a step capturable as a CUDA graph):
+
+* pure tensor work on the batch's device — no ``.item()``, no host sync, no Python branch on a
+  tensor's value;
+* scheduled scalars (learning rate, threshold, noise) held in device tensors and changed in place
+  by `on_epoch_end`;
+* returns its metrics as 0-d tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+TaskKind = Literal["classification", "memory", "temporal"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a circuit and learner are asked to do.
+
+    Attributes:
+        input_shape: shape of one example, without the batch dimension (e.g. ``(1, 28, 28)``).
+        num_classes: number of classes C (classification) or 0.
+        kind: ``classification`` | ``memory`` | ``temporal``.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    kind: TaskKind = "classification"
+
+    @property
+    def input_size(self) -> int:
+        """Number of input features when an example is flattened."""
+        size = 1
+        for d in self.input_shape:
+            size *= d
+        return size
+
+
+class Circuit(nn.Module):
+    """Base class of every circuit: an ordered `blocks` list and structural state in buffers.
+
+    ``forward(x)`` runs the blocks in order. Learners reach the layers through ``blocks`` and never
+    special-case a circuit family. A circuit holds no optimizer and no loss.
+    """
+
+    name: ClassVar[str] = "circuit"
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+        self.blocks = nn.ModuleList()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """Output of every block for input ``x`` (with gradient flowing end to end)."""
+        outputs = []
+        for block in self.blocks:
+            x = block(x)
+            outputs.append(x)
+        return outputs
+
+    @property
+    def block_widths(self) -> list[int]:
+        """Flattened output size of each block."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its block widths")
+
+    def structure_metrics(self) -> dict[str, float]:
+        """Figures about the structure worth reporting in ``summary.json`` (e.g. sparsity)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Host-side structural schedule (e.g. prune/regrow). Default: nothing."""
+
+
+class Learner(nn.Module):
+    """Base class of every learning rule.
+
+    Subclasses set ``name`` and ``circuits`` (the circuit families they can train), take
+    ``(circuit, task, **cfg)`` in their constructor, and implement `train_step` and `predict`.
+    Every optimizer a learner creates is registered with `add_optimizer` so that checkpoints hold
+    its state.
+    """
+
+    name: ClassVar[str] = "learner"
+    #: circuit families this rule can train (registry names)
+    circuits: ClassVar[tuple[str, ...]] = ()
+    #: task kinds this rule handles
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification",)
+    #: whether the circuit should end in a head mapping to the C classes; rules that read classes
+    #: out with parameters of their own (projections, goodness) train headless circuits
+    circuit_head: ClassVar[bool] = True
+
+    def __init__(self, circuit: Circuit, task: Task) -> None:
+        super().__init__()
+        self.circuit = circuit
+        self.task = task
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # -- the contract -------------------------------------------------------------------------
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """One update on one batch; returns metrics as 0-d tensors (capture-safe, see module doc)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Class scores of shape (batch, C)."""
+        return self.circuit(x)
+
+    def predictions(self, x: Tensor) -> dict[str, Tensor]:
+        """Every readout this rule reports, name -> class scores; the first one is the headline."""
+        return {"": self.predict(x)}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing."""
+
+    def capture_key(self) -> Any:
+        """Host-side state that changes what `train_step` computes (e.g. a greedy stage).
+
+        The CUDA-graph runner captures a new graph whenever this value changes. Default: None.
+        """
+        return None
+
+    def rule_metrics(self) -> dict[str, Any]:
+        """Rule-specific figures for ``summary.json``."""
+        return {}
+
+    @classmethod
+    def supports(cls, circuit_name: str) -> bool:
+        """Whether this rule can train circuits of family ``circuit_name``."""
+        return circuit_name in cls.circuits
+
+    # -- optimizers -----------------------------------------------------------------------------
+    def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        self._optimizers[name] = optimizer
+        return optimizer
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self._optimizers.items()}
+
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        for name, opt in self._optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+@dataclass
+class StepMetrics:
+    """Running sums of a step's 0-d metric tensors, kept on the device until an epoch ends."""
+
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, metrics: dict[str, Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            if key in self.sums:
+                self.sums[key] += value
+            else:
+                self.sums[key] = value.clone()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        return {key: float(value) / self.count for key, value in self.sums.items()}
+
+
+def parameters_of(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Trainable parameters of several modules (or parameter iterables), in order, no repeats."""
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for m in modules:
+        params = m.parameters() if isinstance(m, nn.Module) else m
+        for p in params:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out

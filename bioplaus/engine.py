@@ -1,0 +1,384 @@
+"""The engine: config -> data, circuit, learner (through the registry) -> epochs -> summary.
+
+One loop serves every learner. It knows no rule: it calls `Learner.train_step` through the step
+runner, `Learner.predictions` to evaluate, `on_epoch_end` for host-side schedules, and writes the
+run directory of DESIGN.md §4.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bioplaus import checkpoint, registry
+from bioplaus.config import validate
+from bioplaus.core import Circuit, Learner, StepMetrics
+from bioplaus.data import DataSplits, eval_batches, load, train_batches
+from bioplaus.errors import RunFailed, UsageError
+from bioplaus.runtime import StepRunner
+from bioplaus.tracking import (
+    MetricsFile,
+    Progress,
+    RunLog,
+    WandbLogger,
+    machine_description,
+    peak_memory_bytes,
+    write_json,
+)
+
+STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, STATUS_INTERRUPTED = (
+    "completed", "diverged", "failed", "interrupted")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _kwargs(section: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
+    values.pop("name", None)
+    return values
+
+
+def build(cfg: Any, data: DataSplits | None = None) -> tuple[DataSplits, Circuit, Learner]:
+    """(data, circuit, learner) for a composed config, ready for a loop of your own.
+
+    Seeds the global RNGs with ``cfg.seed`` first, so the same config builds the same weights.
+    ``data`` replaces the configured data set (e.g. `bioplaus.data.from_tensors`).
+    """
+    validate(cfg, check_data=data is None, check_paths=False)
+    device = resolve_device(str(cfg.device))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    seed_everything(int(cfg.seed))
+    if data is None:
+        data = load(cfg.data, seed=int(cfg.seed), device=device)
+    elif data.device != device:
+        raise UsageError(f"the data given live on {data.device} but device={cfg.device}.")
+    learner_cls = registry.get_learner(str(cfg.learner.name))
+    circuit_cls = registry.get_circuit(str(cfg.circuit.name))
+    if data.task.kind not in learner_cls.task_kinds:
+        raise UsageError(f"learner '{learner_cls.name}' handles {', '.join(learner_cls.task_kinds)} "
+                         f"tasks; data '{data.name}' is a {data.task.kind} task.")
+    try:
+        circuit = circuit_cls(data.task, head=learner_cls.circuit_head, **_kwargs(cfg.circuit))
+        learner = learner_cls(circuit.to(device), data.task, **_kwargs(cfg.learner))
+    except TypeError as e:  # a wrong option type reaching a constructor
+        raise UsageError(f"could not build {cfg.learner.name} on {cfg.circuit.name}: {e}") from None
+    return data, circuit, learner.to(device)
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
+    """Accuracy of every readout of the learner on (x, y)."""
+    was_training = learner.training
+    learner.eval()
+    correct: dict[str, Tensor] = {}
+    for xb, yb in eval_batches(x, y, batch_size):
+        for name, scores in learner.predictions(xb).items():
+            hits = (scores.argmax(dim=1) == yb).sum()
+            correct[name] = correct[name] + hits if name in correct else hits
+    learner.train(was_training)
+    n = max(1, x.shape[0])
+    return {name: float(c) / n for name, c in correct.items()}
+
+
+def _accuracy_keys(prefix: str, accs: dict[str, float]) -> dict[str, float]:
+    """{'': a, 'softmax': b} -> {prefix: first, prefix_softmax: b, ...}."""
+    out: dict[str, float] = {}
+    for i, (name, value) in enumerate(accs.items()):
+        if i == 0:
+            out[prefix] = value
+        if name:
+            out[f"{prefix}_{name}"] = value
+    return out
+
+
+def default_run_dir(cfg: Any, data_name: str | None = None) -> Path:
+    now = dt.datetime.now()
+    name = f"{now:%H-%M-%S}_{cfg.learner.name}_{cfg.circuit.name}_{data_name or cfg.data.name}"
+    path = Path(str(cfg.paths.runs)) / f"{now:%Y-%m-%d}" / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = path.with_name(f"{name}_{suffix}")
+    return path
+
+
+class _Stop(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | None = None,
+          quiet: bool = False) -> dict[str, Any]:
+    """Run the composed config to the end and return the summary dict (also in ``summary.json``).
+
+    ``run_dir`` pins the run directory (default ``paths.runs/<date>/<time>_<learner>_<circuit>_<data>``).
+    With ``trainer.resume=RUN_DIR`` the run continues in RUN_DIR from its last checkpoint, with
+    the configuration saved there. Raises `UsageError` for bad input (nothing is written) and
+    `RunFailed` for a run that diverged or failed (its summary says why).
+    """
+    from omegaconf import OmegaConf
+
+    resume = cfg.trainer.get("resume")
+    validate(cfg, check_data=data is None, check_paths=not resume)
+    if resume:
+        run_path = Path(str(resume))
+    else:
+        run_path = Path(run_dir) if run_dir is not None else default_run_dir(
+            cfg, data.name if data is not None else None)
+    built = build(cfg, data)  # usage errors surface here, before the run directory exists
+    run_path.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_path / "config.yaml", resolve=True)
+    return _Loop(cfg, run_path, built, quiet=quiet, resume=bool(resume)).run()
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The saved config of a run, with ``key=value`` overrides (e.g. ``trainer.epochs=30``)."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    if not (Path(run_dir) / "checkpoints" / "last.pt").exists() or not path.exists():
+        raise UsageError(f"trainer.resume={run_dir}: no checkpoints/last.pt and config.yaml there to "
+                         f"resume from.")
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg.merge_with_dotlist([o for o in overrides if not o.startswith("trainer.resume=")])
+    except Exception as e:
+        raise UsageError(f"bad override for a resumed run: {' '.join(str(e).split())}") from None
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.resume = str(run_dir)
+    return cfg
+
+
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), **kwargs: Any) -> dict[str, Any]:
+    """Continue a killed or stopped run from its last checkpoint, with its saved configuration.
+
+    ``overrides`` may change keys of the saved config, e.g. ``["trainer.epochs=30"]`` to extend it.
+    """
+    return train(resume_config(run_dir, overrides), **kwargs)
+
+
+class _Loop:
+    def __init__(self, cfg: Any, run_dir: Path, built: tuple[DataSplits, Circuit, Learner],
+                 quiet: bool, resume: bool):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.data, self.circuit, self.learner = built
+        self.device = self.data.device
+        self.log = RunLog(run_dir, quiet=quiet)
+        self.metrics = MetricsFile(run_dir)
+        self.progress = Progress("none" if quiet else str(cfg.trainer.progress))
+        self.ckpt_path = run_dir / "checkpoints" / "last.pt"
+        self.best_path = run_dir / "checkpoints" / "best.pt"
+        self.select_best = str(cfg.trainer.get("select", "last")) == "best_val"
+        self.resume = resume
+        self.runner = StepRunner(self.learner, self.device, str(cfg.runtime.cuda_graphs),
+                                 int(cfg.runtime.warmup_steps), self.log)
+        self.wandb: WandbLogger | None = None
+        self.state: dict[str, Any] = {
+            "epoch": 0, "best_val_accuracy": None, "epochs_since_best": 0,
+            "train_seconds": 0.0, "samples_seen": 0, "val_accuracy": None, "reference_loss": None,
+            "best_epoch": None,
+        }
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.cfg.trainer.checkpoint:
+            checkpoint.save(self.ckpt_path, self.learner, dict(self.state))
+
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(self.cfg.seed) * 1_000_003 + epoch)
+        return gen
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        x, y = self.data.train_x, self.data.train_y
+        batch_size = int(self.cfg.trainer.batch_size)
+        steps = x.shape[0] // batch_size
+        if steps == 0:
+            raise UsageError(f"trainer.batch_size={batch_size} is larger than the training split "
+                             f"({x.shape[0]} examples).")
+        check_every = int(self.cfg.trainer.divergence_check_every)
+        sums = StepMetrics()
+        self.progress.start_epoch(epoch, int(self.cfg.trainer.epochs), steps)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            for step, (xb, yb) in enumerate(train_batches(x, y, batch_size, self._epoch_generator(epoch)), 1):
+                out = self.runner.step(xb, yb)
+                sums.add(out)
+                self.progress.advance()
+                if self.state["reference_loss"] is None:
+                    self.state["reference_loss"] = float(out["loss"])
+                if step % check_every == 0:
+                    self._check_divergence(float(out["loss"]), epoch, step)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        finally:
+            self.state["train_seconds"] += time.perf_counter() - start
+            self.progress.end_epoch()
+        self.state["samples_seen"] += steps * batch_size
+        means = sums.means()
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise _Stop(STATUS_DIVERGED, f"non-finite {', '.join(bad)} in epoch {epoch}")
+        self._check_divergence(means["loss"], epoch, steps)
+        return means
+
+    def _check_divergence(self, loss: float, epoch: int, step: int) -> None:
+        """Stop when the loss is non-finite or has grown past ``divergence_factor`` × its first value."""
+        where = f"at epoch {epoch}, step {step}"
+        if not math.isfinite(loss):
+            raise _Stop(STATUS_DIVERGED, f"the training loss became {loss} {where}")
+        factor = self.cfg.trainer.get("divergence_factor")
+        reference = max(abs(self.state["reference_loss"] or 0.0), 1.0)
+        if factor and loss > factor * reference:
+            raise _Stop(STATUS_DIVERGED, f"the training loss grew to {loss:.3g} {where}, over "
+                                         f"{factor:g}× its first value {self.state['reference_loss']:.3g} "
+                                         f"(trainer.divergence_factor)")
+
+    def _summary(self, status: str, reason: str | None, test: dict[str, float]) -> dict[str, Any]:
+        seconds = self.state["train_seconds"]
+        summary: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "learner": str(self.cfg.learner.name),
+            "circuit": str(self.cfg.circuit.name),
+            "data": self.data.name,
+            "seed": int(self.cfg.seed),
+            "epochs_completed": int(self.state["epoch"]),
+            "test_accuracy": None,
+            "best_val_accuracy": self.state["best_val_accuracy"],
+            "best_epoch": self.state["best_epoch"],
+            "tested_weights": "best_val" if self.select_best else "last",
+            "val_accuracy": self.state["val_accuracy"],
+            "train_seconds": round(seconds, 3),
+            "samples_per_second": round(self.state["samples_seen"] / seconds, 1) if seconds else None,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "peak_memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "process_max_rss",
+            "device": str(self.device),
+            "machine": machine_description(self.device),
+            "cuda_graphs": self.runner.graphed,
+            "parameters": sum(p.numel() for p in self.learner.parameters()),
+            "train_examples": int(self.data.train_x.shape[0]),
+            "torch": torch.__version__,
+            "run_dir": str(self.run_dir),
+        }
+        summary.update(_accuracy_keys("test_accuracy", test))
+        summary.update(self.circuit.structure_metrics())
+        summary.update(self.learner.rule_metrics())
+        return summary
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        cfg = self.cfg
+        epochs = int(cfg.trainer.epochs)
+        if self.resume:
+            self.state.update(checkpoint.load(self.ckpt_path, self.learner, map_location=self.device))
+            self.metrics.truncate_after(self.state["epoch"])
+            self.log(f"resumed from {self.ckpt_path} at epoch {self.state['epoch']}")
+        else:
+            self._save()  # epoch-0 checkpoint: a run that diverges at once still keeps one
+        self.log(f"{cfg.learner.name} on {cfg.circuit.name} / {cfg.data.name}: "
+                 f"{self.data.train_x.shape[0]} train, {self.data.val_x.shape[0]} val, "
+                 f"{self.data.test_x.shape[0]} test; device {self.device}; run dir {self.run_dir}")
+        if cfg.logger.name == "wandb":
+            self.wandb = WandbLogger(cfg.logger, self.run_dir,
+                                     OmegaConf.to_container(cfg, resolve=True), self.log)
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        status, reason = STATUS_COMPLETED, None
+        try:
+            patience = cfg.trainer.get("early_stopping_patience")
+            while self.state["epoch"] < epochs:
+                epoch = self.state["epoch"] + 1
+                train_metrics = self._train_epoch(epoch)
+                self.learner.on_epoch_end(epoch)
+                self.circuit.on_epoch_end(epoch)
+                val = _accuracy_keys("val_accuracy", evaluate(
+                    self.learner, self.data.val_x, self.data.val_y, int(cfg.trainer.eval_batch_size)))
+                val_acc = val.get("val_accuracy")
+                self.state["epoch"] = epoch
+                self.state["val_accuracy"] = val_acc
+                best = self.state["best_val_accuracy"]
+                if val_acc is not None and (best is None or val_acc > best):
+                    self.state["best_val_accuracy"], self.state["epochs_since_best"] = val_acc, 0
+                    self.state["best_epoch"] = epoch
+                    if self.select_best:
+                        checkpoint.save_weights(self.best_path, self.learner)
+                else:
+                    self.state["epochs_since_best"] += 1
+                record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()}, **val,
+                          "train_seconds": round(self.state["train_seconds"], 3)}
+                self.metrics.write(record)
+                if self.wandb:
+                    self.wandb.log(record)
+                self._save()
+                if self.progress.prints_lines:
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                      if k != "epoch" and isinstance(v, float))
+                    self.log(f"epoch {epoch}/{epochs}: {shown}")
+                if patience and self.state["epochs_since_best"] >= patience:
+                    self.log(f"early stopping: no better validation accuracy for {patience} epochs")
+                    break
+        except _Stop as stop:
+            status, reason = stop.status, stop.reason
+        except KeyboardInterrupt:
+            status, reason = STATUS_INTERRUPTED, "interrupted by the user (SIGINT/SIGTERM)"
+        except UsageError:
+            raise
+        except Exception as e:
+            status, reason = STATUS_FAILED, f"{type(e).__name__}: {e}"
+            self.log(f"run failed: {reason}")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        test = {}
+        if status == STATUS_COMPLETED and self.select_best and self.best_path.exists():
+            checkpoint.load_weights(self.best_path, self.learner, map_location=self.device)
+            self.log(f"testing the weights of epoch {self.state['best_epoch']} (best validation accuracy)")
+        if status == STATUS_COMPLETED:
+            test = evaluate(self.learner, self.data.test_x, self.data.test_y,
+                            int(cfg.trainer.eval_batch_size))
+        summary = self._summary(status, reason, test)
+        write_json(self.run_dir / "summary.json", summary)
+        if status == STATUS_COMPLETED:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
+                              if k.startswith("test_accuracy") and isinstance(v, float))
+            self.log(f"done: {shown}; {summary['train_seconds']:.1f} s training, "
+                     f"{summary['samples_per_second']} samples/s")
+        else:
+            self.log(f"run {status}: {reason}; last good checkpoint kept at {self.ckpt_path}")
+        if self.wandb:
+            self.wandb.finish(summary)
+        self.log.close()
+        if status != STATUS_COMPLETED:
+            raise RunFailed(f"run {status}: {reason}", status=status, run_dir=str(self.run_dir))
+        return summary

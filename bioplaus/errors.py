@@ -1,0 +1,19 @@
+"""Errors the CLI maps to exit codes: a usage error exits 2, a failed or diverged run exits 1."""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad input from the user (unknown name, bad value, incompatible choice, missing data).
+
+    The CLI prints the message (one paragraph, no traceback) and exits with code 2.
+    """
+
+
+class RunFailed(Exception):
+    """A run that started but could not finish (diverged, crashed). The CLI exits with code 1."""
+
+    def __init__(self, message: str, status: str = "failed", run_dir: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.run_dir = run_dir

@@ -1,0 +1,39 @@
+"""`backprop` — end-to-end backpropagation: the baseline every other rule is compared against.
+
+    L = CE(softmax(F(x)), y),    θ ← opt(θ, ∇_θ L)   for every parameter θ of the circuit F.
+
+Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors", Nature 1986.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from bioplaus.core import Circuit, Learner, Task
+from bioplaus.functional import accuracy
+from bioplaus.optim import make_optimizer
+from bioplaus.registry import register_learner
+
+
+@register_learner
+class Backprop(Learner):
+    """Cross-entropy on the circuit's head, gradient through every block."""
+
+    name = "backprop"
+    circuits = ("mlp", "cnn")
+
+    def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
+                 weight_decay: float = 0.0, momentum: float = 0.9):
+        super().__init__(circuit, task)
+        self.optimizer = self.add_optimizer(
+            "circuit", make_optimizer(circuit.parameters(), optimizer, lr, weight_decay, momentum)
+        )
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        logits = self.circuit(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.detach(), "accuracy": accuracy(logits.detach(), y)}

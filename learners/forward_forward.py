@@ -1,0 +1,370 @@
+"""`forward_forward` — the Forward-Forward algorithm: every layer learns to tell positive from negative
+data by its own goodness, with no backward pass between layers.
+
+Hinton, "The Forward-Forward Algorithm: Some Preliminary Investigations", arXiv:2212.13345 (2022).
+SymBa loss: Lee & Song, "SymBa: A Symmetric Binary Cross-Entropy Loss for Forward-Forward", 2023.
+
+The rule, for dense layers l = 1..L with a_0 the input::
+
+    x⁺ = overlay(x, onehot(y))            true label written over the first C inputs (flattened)
+    x⁻ = overlay(x, onehot(ỹ)),  ỹ ~ U({0..C−1} \\ {y})     (negatives="random")
+         ỹ = argmax_{c≠y} S_c(x)                              (negatives="hard", S = goodness scores)
+    ĥ_{l−1} = norm(sg(a_{l−1}))      rms: h / (sqrt(mean_j h_j²) + ε)   (Σ_j ĥ_j² ≈ dim h)
+                                     l2:  h / (‖h‖₂ + ε)                  (‖ĥ‖ ≈ 1)
+    a_l = f(W_l ĥ_{l−1} + b_l)
+    G_l = Σ_j a_{l,j}²  (goodness="sum")   or   (1/d_l) Σ_j a_{l,j}²  (goodness="mean")
+    standard: L_l = softplus(θ_l − G_l(x⁺)) + softplus(G_l(x⁻) − θ_l)
+    symba:    L_l = softplus(−α (G_l(x⁺) − G_l(x⁻)))
+    L = Σ_l mean_batch(L_l) + λ Σ_l P_l                         (W_l, b_l ← opt(∇ L))
+
+sg(·) is stop-gradient: each layer sees a detached, normalised copy of the layer below, so the
+summed loss gives every layer exactly the gradient of its own L_l and no gradient crosses layers.
+One optimizer over all layers is therefore the same as one optimizer per layer (every optimizer
+here is per-parameter). Positive and negative passes run as one batch of 2B rows.
+
+Threshold θ_l (``threshold: null``): under RMS, d_l (the layer's width, Hinton's choice) for
+``goodness="sum"`` and 1 for ``goodness="mean"``, i.e. a mean squared activity of 1. Under
+``norm="l2"`` the layer's input is √d_{l−1} times smaller, so the default is scaled by the input's
+mean square 1/d_{l−1} (θ_l = d_l/d_{l−1}, resp. 1/d_{l−1}; d_0 = input size): with θ = d_l the
+target is out of reach of the input-driven activity at init, the biases alone carry G up to θ and
+training goes wrong (measured: below chance on digits). A number overrides θ for every layer.
+
+Peer normalisation (``peer_norm`` = λ > 0, paper value 0.03): a running mean m_{l,j} of each unit's
+activity over the positive and negative batch, momentum 0.9, kept in a buffer;
+m ← 0.9·sg(m) + 0.1·mean_batch(a_l) (gradient through the current batch's term),
+P_l = mean_j (m_{l,j} − mean_k m_{l,k})², pushing all units towards the same average activity.
+Deviation: the penalty averages over units rather than summing, so that λ = 0.03 means the same
+for a 100- and a 2000-unit layer.
+
+Readouts (both are reported by `predictions`; ``readout`` picks the one `predict` returns):
+
+* goodness: overlay every label c, S_c(x) = Σ_{l∈R} G_l(overlay(x, onehot(c))), argmax_c —
+  C forward passes. R = layers 2..L (layer 1 when the net has a single layer).
+* softmax: one pass with the neutral label (all C entries 1/C); a linear classifier (owned by this
+  learner, its own optimizer and ``readout_lr``) on the concatenated sg(norm(a_l)), l ∈ R. It is
+  trained inside `train_step` with cross-entropy on an extra no-grad *neutral* pass of the batch,
+  so it is trained on exactly the input distribution it sees at test time (the FF layers never
+  receive its gradient). Its training accuracy is the step's ``accuracy`` metric.
+
+Options (every one a config key): optimizer (adam|adamw|sgd), lr, weight_decay, momentum, norm
+(rms|l2), goodness (sum|mean), threshold (null|number), loss (standard|symba), symba_alpha,
+negatives (random|hard), peer_norm (λ, 0 = off), peer_momentum, readout (goodness|softmax),
+readout_lr, label_scale (value written for the true label in the overlay; 1 = the paper's one-hot),
+eps.
+
+Metrics of `train_step` (0-d tensors, no host sync): loss (FF + λ·peer + readout CE, the one the
+engine watches for divergence), ff_loss, peer_loss, readout_loss, accuracy (softmax readout on the
+batch), separation (fraction of the batch with G_L(x⁺) > G_L(x⁻) in the last layer).
+
+Defaults (configs/learner/forward_forward.yaml): MLP 64-256-256 on digits, Adam lr 3e-3, batch 64,
+60 epochs: test accuracy ≈ 0.97 (goodness readout; seeds 0–6: 0.967–0.983), a few seconds of
+training on one CPU thread.
+
+Other deviations: the first layer's input (image + overlay) is normalised like every other layer's
+input; ``negatives="hard"`` takes the single most-confusable wrong label (argmax), where Hinton
+samples wrong labels in proportion to their predicted probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioplaus.circuits.mlp import Dense
+from bioplaus.core import Circuit, Learner, Task
+from bioplaus.errors import UsageError
+from bioplaus.functional import accuracy
+from bioplaus.optim import make_optimizer
+from bioplaus.registry import register_learner
+
+NORMS = ("rms", "l2")
+GOODNESS = ("sum", "mean")
+LOSSES = ("standard", "symba")
+NEGATIVES = ("random", "hard")
+READOUTS = ("goodness", "softmax")
+
+
+# -- functional math ------------------------------------------------------------------------------
+
+
+def normalise(h: Tensor, norm: str = "rms", eps: float = 1e-8) -> Tensor:
+    """Length-normalise each row of ``h`` (flattened): RMS (Σĥ² ≈ dim) or L2 (‖ĥ‖ ≈ 1)."""
+    h = h.flatten(1)
+    if norm == "rms":
+        return h / (h.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
+    if norm == "l2":
+        return h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+    raise UsageError(f"unknown forward_forward norm '{norm}'. Valid norms: {', '.join(NORMS)}.")
+
+
+def goodness(a: Tensor, kind: str = "sum") -> Tensor:
+    """Goodness of each row: Σ_j a_j² (``sum``) or its mean over units (``mean``); shape (batch,)."""
+    a = a.flatten(1)
+    if a.dtype in (torch.float16, torch.bfloat16):  # sums of ~d squares need float32 resolution
+        a = a.float()
+    squares = a.pow(2)
+    if kind == "sum":
+        return squares.sum(dim=1)
+    if kind == "mean":
+        return squares.mean(dim=1)
+    raise UsageError(f"unknown forward_forward goodness '{kind}'. Valid: {', '.join(GOODNESS)}.")
+
+
+def standard_loss(g_pos: Tensor, g_neg: Tensor, threshold: float | Tensor) -> Tensor:
+    """mean[softplus(θ − G⁺) + softplus(G⁻ − θ)] — Hinton's per-layer logistic loss."""
+    return (F.softplus(threshold - g_pos) + F.softplus(g_neg - threshold)).mean()
+
+
+def symba_loss(g_pos: Tensor, g_neg: Tensor, alpha: float | Tensor = 4.0) -> Tensor:
+    """mean[softplus(−α (G⁺ − G⁻))] — the SymBa loss on paired positive/negative goodness."""
+    return F.softplus(-alpha * (g_pos - g_neg)).mean()
+
+
+def ff_loss(g_pos: Tensor, g_neg: Tensor, threshold: float | Tensor, kind: str = "standard",
+            alpha: float | Tensor = 4.0) -> Tensor:
+    """The per-layer forward-forward loss named ``kind``."""
+    if kind == "standard":
+        return standard_loss(g_pos, g_neg, threshold)
+    if kind == "symba":
+        return symba_loss(g_pos, g_neg, alpha)
+    raise UsageError(f"unknown forward_forward loss '{kind}'. Valid losses: {', '.join(LOSSES)}.")
+
+
+def overlay(x: Tensor, label_vector: Tensor) -> Tensor:
+    """Flattened copy of ``x`` with its first C inputs replaced by ``label_vector`` (batch, C)."""
+    flat = x.flatten(1)
+    c = label_vector.shape[1]
+    return torch.cat([label_vector.to(flat.dtype), flat[:, c:]], dim=1)
+
+
+def overlay_label(x: Tensor, y: Tensor, num_classes: int, scale: float = 1.0) -> Tensor:
+    """``x`` with the one-hot of label ``y`` (times ``scale``) written over its first C inputs."""
+    # a comparison, not F.one_hot: no range check, so no host sync on any device
+    classes = torch.arange(num_classes, device=y.device)
+    return overlay(x, (y.unsqueeze(1) == classes).to(x.dtype) * scale)
+
+
+def overlay_neutral(x: Tensor, num_classes: int, scale: float = 1.0) -> Tensor:
+    """``x`` with the neutral label (every one of the C entries ``scale``/C) over its first C inputs."""
+    neutral = torch.full((x.shape[0], num_classes), scale / num_classes, dtype=x.dtype, device=x.device)
+    return overlay(x, neutral)
+
+
+def random_wrong_labels(y: Tensor, num_classes: int) -> Tensor:
+    """A label drawn uniformly from the C−1 labels other than ``y``, per row, on y's device."""
+    shift = torch.randint(1, num_classes, y.shape, device=y.device, dtype=y.dtype)
+    return (y + shift) % num_classes
+
+
+def hardest_wrong_labels(scores: Tensor, y: Tensor) -> Tensor:
+    """The wrong label with the highest score per row (the true label masked out)."""
+    masked = scores.scatter(1, y.unsqueeze(1), float("-inf"))
+    return masked.argmax(dim=1)
+
+
+def default_threshold(width: int, fan_in: int, norm: str = "rms", kind: str = "sum") -> float:
+    """θ for a layer of ``width`` units fed ``fan_in`` normalised inputs: width · mean(ĥ²) (``sum``),
+    mean(ĥ²) (``mean``), where mean(ĥ²) is 1 under RMS and 1/fan_in under L2 normalisation.
+
+    Under RMS with sum goodness this is Hinton's θ = number of units. Scaling θ with the input's
+    mean square keeps it as reachable from the default init under L2 as under RMS (θ = width under
+    L2 is out of reach of the input-driven part of the activity at first, and training goes wrong).
+    """
+    mean_square = 1.0 if norm == "rms" else 1.0 / fan_in
+    return float(width) * mean_square if kind == "sum" else mean_square
+
+
+def peer_penalty(running_mean: Tensor) -> Tensor:
+    """mean_j (m_j − mean_k m_k)²: how unequal the units' average activities are."""
+    return (running_mean - running_mean.mean()).pow(2).mean()
+
+
+# -- the learner ----------------------------------------------------------------------------------
+
+
+def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise UsageError(
+            f"forward_forward: unknown {option} '{value}'. Valid {option} values: {', '.join(valid)}."
+        )
+    return value
+
+
+@register_learner
+class ForwardForward(Learner):
+    """Forward-Forward on the dense blocks of an MLP: per-layer goodness, no cross-layer gradient."""
+
+    name = "forward_forward"
+    circuits = ("mlp",)
+    circuit_head = False
+
+    def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
+                 weight_decay: float = 0.0, momentum: float = 0.9, norm: str = "rms",
+                 goodness: str = "sum", threshold: float | None = None, loss: str = "standard",
+                 symba_alpha: float = 4.0, negatives: str = "random", peer_norm: float = 0.0,
+                 peer_momentum: float = 0.9, readout: str = "goodness", readout_lr: float = 1e-2,
+                 label_scale: float = 1.0, eps: float = 1e-8):
+        super().__init__(circuit, task)
+        self.norm = _choice("norm", norm, NORMS)
+        self.goodness_kind = _choice("goodness", goodness, GOODNESS)
+        self.loss_kind = _choice("loss", loss, LOSSES)
+        self.negatives = _choice("negatives", negatives, NEGATIVES)
+        self.readout = _choice("readout", readout, READOUTS)
+        if task.kind != "classification":
+            raise UsageError(f"forward_forward needs a classification task; got '{task.kind}'.")
+        self.num_classes = int(task.num_classes)
+        if self.num_classes < 2:
+            raise UsageError(f"forward_forward needs at least 2 classes; got {self.num_classes}.")
+        if task.input_size <= self.num_classes:
+            raise UsageError(
+                f"forward_forward writes the label over the first C={self.num_classes} inputs, but an "
+                f"example has only {task.input_size} inputs."
+            )
+        blocks = list(circuit.blocks)
+        if not blocks or not all(isinstance(b, Dense) for b in blocks):
+            raise UsageError("forward_forward trains circuits made of Dense blocks (circuit=mlp) only.")
+        if threshold is not None and not float(threshold) > 0:
+            raise UsageError(f"forward_forward threshold must be positive or null; got {threshold}.")
+        if not float(symba_alpha) > 0:
+            raise UsageError(f"forward_forward symba_alpha must be positive; got {symba_alpha}.")
+        if float(peer_norm) < 0:
+            raise UsageError(f"forward_forward peer_norm must be ≥ 0; got {peer_norm}.")
+        if not 0.0 <= float(peer_momentum) < 1.0:
+            raise UsageError(f"forward_forward peer_momentum must lie in [0, 1); got {peer_momentum}.")
+        if not float(label_scale) > 0:
+            raise UsageError(f"forward_forward label_scale must be positive; got {label_scale}.")
+        if not float(eps) > 0:
+            raise UsageError(f"forward_forward eps must be positive; got {eps}.")
+        if not float(readout_lr) > 0:
+            raise UsageError(f"forward_forward readout_lr must be positive; got {readout_lr}.")
+
+        self.symba_alpha = float(symba_alpha)
+        self.peer_norm = float(peer_norm)
+        self.peer_momentum = float(peer_momentum)
+        self.label_scale = float(label_scale)
+        self.eps = float(eps)
+        widths = [b.out_features for b in blocks]
+        if threshold is None:
+            fan_ins = [task.input_size, *widths[:-1]]
+            thresholds = [
+                default_threshold(w, f, self.norm, self.goodness_kind)
+                for w, f in zip(widths, fan_ins, strict=True)
+            ]
+        else:
+            thresholds = [float(threshold)] * len(widths)
+        self.register_buffer("thresholds", torch.tensor(thresholds))
+        for i, w in enumerate(widths):
+            self.register_buffer(f"peer_mean_{i}", torch.zeros(w))
+        # layers whose goodness / activities the readouts use: 2..L, or 1 alone
+        self.readout_layers = list(range(1, len(blocks))) if len(blocks) > 1 else [0]
+        feature_size = sum(widths[i] for i in self.readout_layers)
+        device = next(circuit.parameters()).device
+        self.classifier = nn.Linear(feature_size, self.num_classes).to(device)
+
+        self.optimizer = self.add_optimizer(
+            "circuit", make_optimizer(circuit.parameters(), optimizer, lr, weight_decay, momentum)
+        )
+        self.readout_optimizer = self.add_optimizer(
+            "readout", make_optimizer(self.classifier.parameters(), "adam", readout_lr)
+        )
+
+    # -- passes -----------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.circuit.blocks)
+
+    def layer_activities(self, x_in: Tensor) -> list[Tensor]:
+        """Activities a_l of every layer for an overlaid input; each layer sees sg(norm(a_{l−1}))."""
+        h = x_in
+        out = []
+        for block in self.circuit.blocks:
+            a = block(normalise(h.detach(), self.norm, self.eps))
+            out.append(a)
+            h = a
+        return out
+
+    def readout_features(self, activities: list[Tensor]) -> Tensor:
+        """Concatenated sg(norm(a_l)) of the readout layers — the softmax classifier's input."""
+        return torch.cat(
+            [normalise(activities[i].detach(), self.norm, self.eps) for i in self.readout_layers], dim=1
+        )
+
+    def goodness_scores(self, x: Tensor) -> Tensor:
+        """S_c(x) = Σ_{l∈R} G_l(overlay(x, c)) for every label c: C passes, shape (batch, C)."""
+        columns = []
+        for c in range(self.num_classes):
+            label = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
+            acts = self.layer_activities(overlay_label(x, label, self.num_classes, self.label_scale))
+            columns.append(sum(goodness(acts[i], self.goodness_kind) for i in self.readout_layers))
+        return torch.stack(columns, dim=1)
+
+    def softmax_scores(self, x: Tensor) -> Tensor:
+        """Logits of the linear readout on one neutral-label pass, shape (batch, C)."""
+        acts = self.layer_activities(overlay_neutral(x, self.num_classes, self.label_scale))
+        return self.classifier(self.readout_features(acts))
+
+    # -- the contract -----------------------------------------------------------------------------
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        c = self.num_classes
+        if self.negatives == "hard":
+            with torch.no_grad():
+                y_neg = hardest_wrong_labels(self.goodness_scores(x), y)
+        else:
+            y_neg = random_wrong_labels(y, c)
+        batch = x.shape[0]
+        x_both = torch.cat(
+            [overlay_label(x, y, c, self.label_scale), overlay_label(x, y_neg, c, self.label_scale)]
+        )
+        acts = self.layer_activities(x_both)
+        ff_total = x.new_zeros(())
+        peer_total = x.new_zeros(())
+        separation = x.new_zeros(())
+        for i, a in enumerate(acts):
+            g = goodness(a, self.goodness_kind)
+            g_pos, g_neg = g[:batch], g[batch:]
+            ff_total = ff_total + ff_loss(g_pos, g_neg, self.thresholds[i], self.loss_kind,
+                                          self.symba_alpha)
+            if i == len(acts) - 1:
+                separation = (g_pos > g_neg).float().mean()
+            if self.peer_norm > 0:
+                buf = getattr(self, f"peer_mean_{i}")
+                running = self.peer_momentum * buf + (1.0 - self.peer_momentum) * a.mean(dim=0)
+                peer_total = peer_total + peer_penalty(running)
+                buf.copy_(running.detach())
+        loss = ff_total + self.peer_norm * peer_total
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        # softmax readout: one no-grad neutral pass, CE trains only the classifier
+        with torch.no_grad():
+            features = self.readout_features(
+                self.layer_activities(overlay_neutral(x, c, self.label_scale))
+            )
+        logits = self.classifier(features)
+        readout_loss = F.cross_entropy(logits, y)
+        self.readout_optimizer.zero_grad(set_to_none=True)
+        readout_loss.backward()
+        self.readout_optimizer.step()
+
+        return {
+            "loss": (loss + readout_loss).detach(),
+            "ff_loss": ff_total.detach(),
+            "peer_loss": peer_total.detach(),
+            "readout_loss": readout_loss.detach(),
+            "accuracy": accuracy(logits.detach(), y),
+            "separation": separation,
+        }
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        if self.readout == "softmax":
+            return self.softmax_scores(x)
+        return self.goodness_scores(x)
+
+    @torch.no_grad()
+    def predictions(self, x: Tensor) -> dict[str, Tensor]:
+        scores = {"goodness": self.goodness_scores(x), "softmax": self.softmax_scores(x)}
+        first = self.readout
+        return {first: scores[first], **{k: v for k, v in scores.items() if k != first}}

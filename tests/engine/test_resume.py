@@ -1,0 +1,67 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends exactly where the uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.helpers import last_line, run_cli, summary_of
+
+# slow enough per epoch (small batches) that a kill lands inside an epoch
+RUN = ["learner=backprop", "trainer.epochs=4", "trainer.batch_size=8", "circuit.hidden=[128,128]",
+       "seed=3", "threads=1", "trainer.progress=lines"]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["learner"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    result = run_cli("run", *RUN, f"hydra.run.dir={full}")
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bioplaus", "run", *RUN, f"hydra.run.dir={killed}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    # wait until epoch 2 has been written, then kill inside epoch 3
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            time.sleep(0.15)
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed; make it slower"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    epochs_before = len(metrics.read_text().splitlines())
+    assert epochs_before < 4
+
+    resumed = run_cli("run", f"trainer.resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert last_line(resumed.stdout) == str(killed)
+
+    a, b = summary_of(full), summary_of(killed)
+    assert b["status"] == "completed" and b["epochs_completed"] == 4
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["best_val_accuracy"] == b["best_val_accuracy"]
+    wa, wb = _weights(full), _weights(killed)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    epochs = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 4  # no duplicate records after the resume
+
+
+def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("run", f"trainer.resume={tmp_path / 'nothing'}")
+    assert result.returncode == 2
+    assert "no checkpoints/last.pt" in result.stderr and "Traceback" not in result.stderr
