@@ -120,13 +120,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     out_json = HERE / "results" / f"{args.name}.json"
-    payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
+    rows = []
     for name in args.experiments:
         summaries = [run_experiment(name, seed, args.override, args.runs) for seed in args.seeds]
-        row = aggregate(name, summaries)
-        payload["rows"] = [r for r in payload["rows"] if r["experiment"] != name] + [row]
-        print(json.dumps({k: row[k] for k in ("experiment", "test_accuracy_mean", "train_seconds_mean")}),
-              file=sys.stderr)
+        rows.append(aggregate(name, summaries))
+        rows[-1]["overrides"] = list(args.override)
+        shown = ("experiment", "test_accuracy_mean", "train_seconds_mean")
+        print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr)
+    # read the results file only now, so that benchmark processes run side by side keep each other's rows
+    payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
+    done = {row["experiment"] for row in rows}
+    payload["rows"] = [r for r in payload["rows"] if r["experiment"] not in done] + rows
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     payload.update(
         title="Fashion-MNIST MLP comparison",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bioplaus.errors import UsageError
+from bioplaus.optim import LR_SCHEDULES
 
 CONFIG_MODULE = "bioplaus.configs"
 GROUPS = ("learner", "circuit", "data", "trainer", "logger", "experiment")
@@ -231,6 +232,9 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
     if patience is not None and (not isinstance(patience, int) or patience <= 0):
         raise UsageError(f"trainer.early_stopping_patience must be null or a positive integer; "
                          f"got {patience!r}.")
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        raise UsageError(f"threads must be null (all cores) or a positive integer; got {threads!r}.")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UsageError(f"seed must be an integer; got {cfg.seed!r}.")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
@@ -247,6 +251,9 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
         raise UsageError(f"trainer.progress must be auto, bar, lines or none; got '{cfg.trainer.progress}'.")
     if cfg.trainer.get("select", "last") not in ("last", "best_val"):
         raise UsageError(f"trainer.select must be last or best_val; got '{cfg.trainer.select}'.")
+    if cfg.trainer.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise UsageError(f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
+                         f"got '{cfg.trainer.lr_schedule}'.")
     if cfg.logger.name not in ("none", "wandb"):
         raise UsageError(f"unknown logger '{cfg.logger.name}'. Valid loggers: none, wandb.")
     if check_data:

@@ -85,7 +85,21 @@ class Circuit(nn.Module):
         return {}
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Host-side structural schedule (e.g. prune/regrow). Default: nothing."""
+        """Host-side structural schedule at epoch ends. Default: nothing."""
+
+    def structural_step(self, step: int) -> bool:
+        """Host-side structural update after global training step ``step`` (1-based), e.g. prune
+        and regrow every N steps. Runs between steps, outside `Learner.train_step`, so a captured
+        graph stays valid as long as buffers are changed in place. Return True when the structure
+        changed: the engine then zeroes the optimizer state of every masked-out entry (see
+        `parameter_masks`). Default: nothing, False.
+        """
+        return False
+
+    def parameter_masks(self) -> dict[str, Tensor]:
+        """Parameter name (as in ``named_parameters``) -> 0/1 mask of its active entries, for
+        circuits with structural sparsity. Default: none."""
+        return {}
 
 
 class Learner(nn.Module):

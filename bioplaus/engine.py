@@ -24,6 +24,7 @@ from bioplaus.config import validate
 from bioplaus.core import Circuit, Learner, StepMetrics
 from bioplaus.data import DataSplits, eval_batches, load, train_batches
 from bioplaus.errors import RunFailed, UsageError
+from bioplaus.optim import apply_schedule, lr_factor, mask_optimizer_state
 from bioplaus.runtime import StepRunner
 from bioplaus.tracking import (
     MetricsFile,
@@ -197,6 +198,7 @@ class _Loop:
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.best_path = run_dir / "checkpoints" / "best.pt"
         self.select_best = str(cfg.trainer.get("select", "last")) == "best_val"
+        self.lr_schedule = str(cfg.trainer.get("lr_schedule", "constant"))
         self.resume = resume
         self.runner = StepRunner(self.learner, self.device, str(cfg.runtime.cuda_graphs),
                                  int(cfg.runtime.warmup_steps), self.log)
@@ -204,7 +206,7 @@ class _Loop:
         self.state: dict[str, Any] = {
             "epoch": 0, "best_val_accuracy": None, "epochs_since_best": 0,
             "train_seconds": 0.0, "samples_seen": 0, "val_accuracy": None, "reference_loss": None,
-            "best_epoch": None,
+            "global_step": 0, "best_epoch": None,
         }
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -234,6 +236,9 @@ class _Loop:
             for step, (xb, yb) in enumerate(train_batches(x, y, batch_size, self._epoch_generator(epoch)), 1):
                 out = self.runner.step(xb, yb)
                 sums.add(out)
+                self.state["global_step"] += 1
+                if self.circuit.structural_step(self.state["global_step"]):
+                    self._mask_optimizer_state()
                 self.progress.advance()
                 if self.state["reference_loss"] is None:
                     self.state["reference_loss"] = float(out["loss"])
@@ -251,6 +256,11 @@ class _Loop:
             raise _Stop(STATUS_DIVERGED, f"non-finite {', '.join(bad)} in epoch {epoch}")
         self._check_divergence(means["loss"], epoch, steps)
         return means
+
+    def _mask_optimizer_state(self) -> None:
+        params = dict(self.circuit.named_parameters())
+        masks = {params[name]: mask for name, mask in self.circuit.parameter_masks().items()}
+        mask_optimizer_state(self.learner.optimizers.values(), masks)
 
     def _check_divergence(self, loss: float, epoch: int, step: int) -> None:
         """Stop when the loss is non-finite or has grown past ``divergence_factor`` × its first value."""
@@ -323,6 +333,9 @@ class _Loop:
                 train_metrics = self._train_epoch(epoch)
                 self.learner.on_epoch_end(epoch)
                 self.circuit.on_epoch_end(epoch)
+                if self.lr_schedule != "constant":
+                    apply_schedule(self.learner.optimizers.values(),
+                                   lr_factor(self.lr_schedule, epoch, epochs))
                 val = _accuracy_keys("val_accuracy", evaluate(
                     self.learner, self.data.val_x, self.data.val_y, int(cfg.trainer.eval_batch_size)))
                 val_acc = val.get("val_accuracy")
