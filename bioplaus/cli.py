@@ -1,4 +1,4 @@
-"""The `bioplaus` command: ``run``, ``list``.
+"""The `bioplaus` command: ``run``, ``list``, ``compare``.
 
 ``bioplaus run OVERRIDES...`` hands its arguments to a ``@hydra.main`` entry, so Hydra's syntax
 works as usual (``key=value``, ``+key=value``, ``~key``, ``-m`` multirun, ``--cfg job``). Before
@@ -23,6 +23,7 @@ commands:
   run [OVERRIDES...]   train: bioplaus run learner=forward_forward trainer.epochs=5
                        (Hydra syntax: key=value, +key=value, ~key, -m for multirun, --cfg job)
   list                 learners, circuits, data sets, experiments, learner×circuit compatibility
+  compare RUN_DIR...   one table of the summaries of several runs (also a parent folder of runs)
 
 The run directory is printed as the last line. Exit codes: 0 done, 1 run failed or diverged,
 2 usage error."""
@@ -170,6 +171,52 @@ def list_all() -> None:
         print(f"  {name:<{width}}" + " ".join(f"{'+' if row[c] else '.':>8}" for c in names))
 
 
+# -- compare ------------------------------------------------------------------------------------
+
+COMPARE_COLUMNS = ("learner", "circuit", "data", "seed", "status", "epochs_completed", "test_accuracy",
+                   "best_val_accuracy", "train_seconds", "samples_per_second", "peak_memory_bytes")
+
+
+def _run_dirs(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if (path / "summary.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(s.parent for s in path.rglob("summary.json"))
+        else:
+            raise UsageError(f"'{p}' is neither a run directory (with summary.json) nor a folder of runs.")
+    if not found:
+        raise UsageError(f"no summary.json found under {', '.join(paths)}.")
+    return found
+
+
+def compare(paths: list[str]) -> None:
+    """Print one row per run: the headline figures of each summary.json."""
+    import json
+
+    if not paths:
+        raise UsageError("compare needs at least one RUN_DIR.")
+    rows = []
+    for run_dir in _run_dirs(paths):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        row = {"run": run_dir.name}
+        for key in COMPARE_COLUMNS:
+            value = summary.get(key)
+            if key == "peak_memory_bytes" and isinstance(value, (int, float)):
+                key, value = "peak_mem_mib", round(value / 2**20)
+            elif isinstance(value, float):
+                value = round(value, 4)
+            row[key] = "" if value is None else value
+        rows.append(row)
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    print("  ".join(h.ljust(widths[h]) for h in headers))
+    for row in rows:
+        print("  ".join(str(row[h]).ljust(widths[h]) for h in headers))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -178,13 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command == "run":
         run(rest)
-    elif command == "list":
+    elif command in ("list", "compare"):
         try:
-            list_all()
+            list_all() if command == "list" else compare(rest)
         except UsageError as e:
             _error(str(e))
     else:
-        _error(f"unknown command '{command}'. Valid commands: run, list.\n\n{USAGE}")
+        _error(f"unknown command '{command}'. Valid commands: run, list, compare.")
 
 
 if __name__ == "__main__":

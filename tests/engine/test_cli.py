@@ -121,3 +121,15 @@ def test_wandb_without_a_key_logs_offline_into_the_run_dir(tmp_path: Path) -> No
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline, list(run_dir.rglob("*"))
     assert any(offline[0].rglob("*.wandb"))
+
+
+def test_compare_tabulates_runs(tmp_path: Path) -> None:
+    first = run_cli("run", *QUICK, "trainer.epochs=1", f"paths.runs={tmp_path}/runs")
+    assert first.returncode == 0, first.stderr
+    result = run_cli("compare", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert "test_accuracy" in header and "samples_per_second" in header
+    assert "backprop" in row and "completed" in row
+    missing = run_cli("compare", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
