@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -35,13 +36,20 @@ PAPER = {
     "fmnist_ff_mlp": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
     "fmnist_ff_mlp_paper": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
     "fmnist_bp_ff_mlp": "88.88 % (BP on FF's 4×2000 net)",
+    "fmnist_ccl_mlp": "\"comparable to other bio-plausible rules\" (table values unverified)",
+    "fmnist_tpsgd_mlp": "within 5 % of BP on shallow nets (paper's claim)",
+    "fmnist_drtp_mlp": "",
+    "fmnist_g2g_bp": "up to +4.3 points over dense (G2GNet paper, across data sets)",
 }
 
 
 def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> dict:
     cfg = bioplaus.compose([f"experiment={name}", f"seed={seed}", f"paths.runs={runs}",
                             "trainer.progress=lines", *overrides])
+    load_before = os.getloadavg()[0]
     summary = bioplaus.train(cfg)
+    # how busy the machine was: other processes sharing the cores slow the wall-clock figures
+    summary["load_average"] = round(max(load_before, os.getloadavg()[0]), 2)
     summary["hidden"] = list(cfg.circuit.get("hidden", []))
     summary["epochs"] = int(cfg.trainer.epochs)
     summary["batch_size"] = int(cfg.trainer.batch_size)
@@ -67,6 +75,7 @@ def aggregate(name: str, summaries: list[dict]) -> dict:
         "samples_per_second_mean": statistics.mean(s["samples_per_second"] for s in summaries),
         "peak_memory_bytes_max": max(s["peak_memory_bytes"] for s in summaries),
         "device": first["device"],
+        "load_average": max(s.get("load_average", 0.0) for s in summaries),
         "machine": first["machine"],
         "paper": PAPER.get(name, ""),
         "other_readouts": {k: v for k, v in first.items()
@@ -83,21 +92,25 @@ def write_markdown(path: Path, payload: dict) -> None:
         f"Machine: {payload['machine']}. torch {payload['torch']}. Updated {payload['updated']}.",
         "Protocol: 54k train / 6k validation (seeded split) / 10k test; the weights of the best "
         "validation epoch are tested (`trainer.select=best_val`). Wall-clock is training time only "
-        "(no evaluation), summed over epochs.",
+        "(no evaluation), summed over epochs; "
+        "`load` is the machine's 1-minute load average around the run (above the torch thread count, "
+        "other processes shared the cores and the times are slower than an idle machine's).",
         "",
         "| experiment | learner | circuit | test acc. (%) | seeds | epochs | batch | train s | samples/s "
-        "| peak mem (MiB) | paper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak mem (MiB) | load | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["rows"]:
         acc = f"{100 * row['test_accuracy_mean']:.2f}"
         if len(row["seeds"]) > 1:
             acc += f" ± {100 * row['test_accuracy_std']:.2f}"
+        source = f" (from {row['from']})" if row.get("from") else ""
         lines.append(
-            f"| {row['experiment']} | {row['learner']} | {row['circuit']} | {acc} | {len(row['seeds'])} "
+            f"| {row['experiment']}{source} | {row['learner']} | {row['circuit']} | {acc} "
+            f"| {len(row['seeds'])} "
             f"| {row['epochs']} | {row['batch_size']} | {row['train_seconds_mean']:.0f} "
             f"| {row['samples_per_second_mean']:.0f} | {row['peak_memory_bytes_max'] / 2**20:.0f} "
-            f"| {row['paper']} |"
+            f"| {row.get('load_average', '')} | {row['paper']} |"
         )
     extra = [r for r in payload["rows"] if r["other_readouts"]]
     if extra:
@@ -115,9 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("experiments", nargs="*", default=DEFAULT_EXPERIMENTS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", default="fmnist_mlp", help="results file stem")
+    parser.add_argument("--title", default=None, help="title of the Markdown table")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench")
     parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
+    parser.add_argument("--baseline", action="append", default=[], metavar="STEM:EXPERIMENT",
+                        help="copy a row measured into results/STEM.json (e.g. the dense baseline)")
+    parser.add_argument("--no-run", action="store_true", help="run nothing: only copy baselines and render")
     args = parser.parse_args(argv)
+    if args.no_run:
+        args.experiments = []
 
     out_json = HERE / "results" / f"{args.name}.json"
     rows = []
@@ -127,13 +146,18 @@ def main(argv: list[str] | None = None) -> None:
         rows[-1]["overrides"] = list(args.override)
         shown = ("experiment", "test_accuracy_mean", "train_seconds_mean")
         print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr)
+    for spec in args.baseline:
+        stem, _, experiment = spec.partition(":")
+        source = json.loads((HERE / "results" / f"{stem}.json").read_text())
+        row = next(r for r in source["rows"] if r["experiment"] == experiment)
+        rows.append({**row, "from": f"{stem}.json"})
     # read the results file only now, so that benchmark processes run side by side keep each other's rows
     payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
     done = {row["experiment"] for row in rows}
     payload["rows"] = [r for r in payload["rows"] if r["experiment"] not in done] + rows
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     payload.update(
-        title="Fashion-MNIST MLP comparison",
+        title=args.title or payload.get("title") or "Fashion-MNIST MLP comparison",
         machine=machine_description(device),
         torch=torch.__version__,
         updated=dt.date.today().isoformat(),

@@ -17,3 +17,10 @@ class RunFailed(Exception):
         super().__init__(message)
         self.status = status
         self.run_dir = run_dir
+
+
+def check_choice(key: str, value: object, valid: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``valid``, else a `UsageError` naming the key and the valid values."""
+    if value not in valid:
+        raise UsageError(f"{key} must be one of {', '.join(valid)}; got {value!r}.")
+    return str(value)

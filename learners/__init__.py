@@ -1,5 +1,5 @@
 """Built-in learning rules; importing this package registers them."""
 
-from bioplaus.learners import backprop, forward_forward, mono_forward
+from bioplaus.learners import backprop, counter_current, forward_forward, mono_forward, noprop, tpsgd
 
-__all__ = ["backprop", "forward_forward", "mono_forward"]
+__all__ = ["backprop", "counter_current", "forward_forward", "mono_forward", "noprop", "tpsgd"]

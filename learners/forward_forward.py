@@ -73,7 +73,7 @@ from torch import Tensor, nn
 
 from bioplaus.circuits.mlp import Dense
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
+from bioplaus.errors import UsageError, check_choice
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
 from bioplaus.registry import register_learner
@@ -183,20 +183,12 @@ def peer_penalty(running_mean: Tensor) -> Tensor:
 # -- the learner ----------------------------------------------------------------------------------
 
 
-def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise UsageError(
-            f"forward_forward: unknown {option} '{value}'. Valid {option} values: {', '.join(valid)}."
-        )
-    return value
-
-
 @register_learner
 class ForwardForward(Learner):
     """Forward-Forward on the dense blocks of an MLP: per-layer goodness, no cross-layer gradient."""
 
     name = "forward_forward"
-    circuits = ("mlp",)
+    circuits = ("mlp", "g2g")
     circuit_head = False
 
     def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
@@ -206,11 +198,11 @@ class ForwardForward(Learner):
                  peer_momentum: float = 0.9, readout: str = "goodness", readout_lr: float = 1e-2,
                  label_scale: float = 1.0, eps: float = 1e-8):
         super().__init__(circuit, task)
-        self.norm = _choice("norm", norm, NORMS)
-        self.goodness_kind = _choice("goodness", goodness, GOODNESS)
-        self.loss_kind = _choice("loss", loss, LOSSES)
-        self.negatives = _choice("negatives", negatives, NEGATIVES)
-        self.readout = _choice("readout", readout, READOUTS)
+        self.norm = check_choice("learner.norm", norm, NORMS)
+        self.goodness_kind = check_choice("learner.goodness", goodness, GOODNESS)
+        self.loss_kind = check_choice("learner.loss", loss, LOSSES)
+        self.negatives = check_choice("learner.negatives", negatives, NEGATIVES)
+        self.readout = check_choice("learner.readout", readout, READOUTS)
         if task.kind != "classification":
             raise UsageError(f"forward_forward needs a classification task; got '{task.kind}'.")
         self.num_classes = int(task.num_classes)
@@ -223,7 +215,8 @@ class ForwardForward(Learner):
             )
         blocks = list(circuit.blocks)
         if not blocks or not all(isinstance(b, Dense) for b in blocks):
-            raise UsageError("forward_forward trains circuits made of Dense blocks (circuit=mlp) only.")
+            raise UsageError(
+                "forward_forward trains circuits made of dense blocks (circuit=mlp or g2g) only.")
         if threshold is not None and not float(threshold) > 0:
             raise UsageError(f"forward_forward threshold must be positive or null; got {threshold}.")
         if not float(symba_alpha) > 0:

@@ -87,7 +87,7 @@ class MonoForward(Learner):
     """Local cross-entropy on a learned class projection of every block; inputs detached."""
 
     name = "mono_forward"
-    circuits = ("mlp", "cnn")
+    circuits = ("mlp", "cnn", "g2g")
     circuit_head = False
 
     def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 2e-3,

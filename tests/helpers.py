@@ -29,3 +29,36 @@ def summary_of(run_dir: str | Path) -> dict[str, Any]:
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def capture_train_step(learner: Any, x: Any, y: Any, warmup: int = 3, forbid_sync: bool = False) -> Any:
+    """Warm ``learner.train_step`` up on a side stream, capture one step as a CUDA graph; return
+    (graph, the step's output tensors). With ``forbid_sync`` a host sync during capture is an error."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            learner.train_step(x, y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    if forbid_sync:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.cuda.graph(graph):
+            out = learner.train_step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return graph, out
+
+
+def forbid_host_reads(monkeypatch: Any) -> None:
+    """Make every host read of a tensor (.item(), bool(), float(), int(), .tolist()) fail."""
+    import torch
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("host read of a tensor inside train_step")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)

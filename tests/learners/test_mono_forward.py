@@ -13,6 +13,7 @@ from bioplaus.data import from_raw, load_digits, train_batches
 from bioplaus.errors import UsageError
 from bioplaus.learners.mono_forward import MonoForward
 from bioplaus.registry import get_learner
+from tests.helpers import capture_train_step
 
 
 def tiny(hidden=(5,), classes=3, features=4, **kw) -> MonoForward:
@@ -243,15 +244,7 @@ def test_greedy_train_step_captures_as_cuda_graph():
     learner = MonoForward(MLP(task, (6, 5), head=False).cuda(), task, schedule="greedy", greedy_epochs=1)
     first, second = learner.block_params
     x, y = torch.randn(16, 4, device="cuda"), torch.randint(0, 3, (16,), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            learner.train_step(x, y)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        learner.train_step(x, y)
+    graph, _ = capture_train_step(learner, x, y)
     b1, b2 = snapshot(first), snapshot(second)
     graph.replay()
     torch.cuda.synchronize()

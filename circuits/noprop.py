@@ -1,0 +1,202 @@
+"""`noprop_blocks` — the denoising blocks NoProp trains (Li, Teh & Pascanu 2025, arXiv 2503.24322,
+Fig. 6): each block sees the image x and a noisy label embedding z and maps them to C logits.
+
+One block::
+
+    h_x = image branch(x)           mlp: dense layers ``image_hidden`` on the flattened image
+                                    conv: conv blocks ``channels`` (3×3, ReLU, 2×2 max-pool), then
+                                          dense layers ``image_hidden``
+    h_z = label branch(z)           dense layers ``label_hidden`` on z (``label_features`` wide)
+    h_t = f(W_t · sin/cos(t·ω))     time branch, only in the shared layout (ct, fm): sinusoidal
+                                    features of t ∈ [0, 1] (``time_features`` wide), one dense layer
+    out = head(dense layers ``hidden``(concat(h_x, h_z[, h_t])))      ``outputs`` wide (default C)
+
+Layouts (option ``variant``, which the `noprop` learner config sets from ``learner.variant``):
+
+* ``dt``: ``blocks`` = T independent blocks, no time input; block t (1-based) denoises z_{t−1}.
+  Blocks share no parameter, so a loss on one block's output reaches no other block.
+* ``ct``, ``fm``: one shared block with the time branch; ``blocks`` is then ignored.
+
+The learner checks that the layout fits its variant and its label embedding (``label_features``
+must equal the embedding width, ``outputs`` the velocity width under fm) and raises a
+`UsageError` naming the option to change otherwise.
+
+``forward(x, z, t=None, block=0)`` runs one block (``t`` a (B,) tensor of times in the shared
+layout). Every block ends in its output layer: the circuit has no headless form (``head`` must be
+True, as the learner declares). Options ``norm`` (``none`` | ``batch``: BatchNorm after every hidden
+dense layer, as in the paper's blocks) and ``dropout`` apply to every hidden dense layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bioplaus.circuits.cnn import ConvBlock
+from bioplaus.circuits.mlp import initialise
+from bioplaus.core import Circuit, Task
+from bioplaus.errors import UsageError, check_choice
+from bioplaus.functional import activation as activation_fn
+from bioplaus.registry import register_circuit
+
+VARIANTS = ("dt", "ct", "fm")
+IMAGE_BRANCHES = ("mlp", "conv")
+NORMS = ("none", "batch")
+
+
+def time_features(t: Tensor, width: int, max_period: float = 1000.0) -> Tensor:
+    """Sinusoidal features of times t ∈ [0, 1]: [sin(t·ω_k), cos(t·ω_k)], ω_k geometric in
+    [1, max_period]; shape (B, width) (``width`` even)."""
+    half = width // 2
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_period), half, device=t.device, dtype=t.dtype))
+    angles = t.reshape(-1, 1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class _DenseStack(nn.Module):
+    """Dense layers with activation, optional BatchNorm and dropout."""
+
+    def __init__(self, in_features: int, widths: Sequence[int], act: str, norm: str, dropout: float,
+                 init: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in widths:
+            linear = nn.Linear(in_features, int(width))
+            initialise(linear.weight, linear.bias, init)
+            layers.append(linear)
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(int(width)))
+            layers.append(_Activation(act))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_features = int(width)
+        self.layers = nn.Sequential(*layers)
+        self.out_features = in_features
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.layers(h.flatten(1))
+
+
+class _Activation(nn.Module):
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.fn = activation_fn(name)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fn(h)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class NoPropBlock(nn.Module):
+    """One denoising block: image branch ‖ label branch (‖ time branch) → dense layers → outputs."""
+
+    def __init__(self, task: Task, image_branch: str, image_hidden: Sequence[int], channels: Sequence[int],
+                 kernel_size: int, label_features: int, label_hidden: Sequence[int], time_width: int,
+                 hidden: Sequence[int], outputs: int, act: str, norm: str, dropout: float, init: str):
+        super().__init__()
+        if image_branch == "conv":
+            convs: list[nn.Module] = []
+            in_ch = task.input_shape[0]
+            for ch in channels:
+                convs.append(ConvBlock(in_ch, int(ch), kernel_size, act, 2, True, init))
+                if norm == "batch":
+                    convs.append(nn.BatchNorm2d(int(ch)))
+                in_ch = int(ch)
+            self.convs = nn.Sequential(*convs)
+            with torch.no_grad():
+                probe = self.convs(torch.zeros(1, *task.input_shape))
+            if probe.shape[-1] < 1 or probe.shape[-2] < 1:
+                raise UsageError("circuit 'noprop_blocks': too many conv stages (circuit.channels) for "
+                                 f"this input size {task.input_shape}.")
+            image_in = probe[0].numel()
+        else:
+            self.convs = nn.Sequential()
+            image_in = task.input_size
+        self.image = _DenseStack(image_in, image_hidden, act, norm, dropout, init)
+        self.label = _DenseStack(label_features, label_hidden, act, norm, dropout, init)
+        self.time_width = time_width
+        fused = self.image.out_features + self.label.out_features
+        if time_width:
+            self.time = _DenseStack(time_width, [time_width], act, "none", 0.0, init)
+            fused += time_width
+        self.trunk = _DenseStack(fused, hidden, act, norm, dropout, init)
+        self.out = nn.Linear(self.trunk.out_features, outputs)
+        initialise(self.out.weight, self.out.bias, init)
+        self.label_features = label_features
+
+    def forward(self, x: Tensor, z: Tensor, t: Tensor | None = None) -> Tensor:
+        parts = [self.image(self.convs(x)), self.label(z)]
+        if self.time_width:
+            if t is None:
+                raise ValueError("this NoProp block is time-conditioned: pass t")
+            parts.append(self.time(time_features(t.to(z.dtype), self.time_width)))
+        return self.out(self.trunk(torch.cat(parts, dim=1)))
+
+
+@register_circuit
+class NoPropBlocks(Circuit):
+    """NoProp denoising blocks: image branch + label branch → C logits (T blocks, or one shared)."""
+
+    name = "noprop_blocks"
+
+    def __init__(self, task: Task, head: bool = True, variant: str = "dt", blocks: int = 10,
+                 image_branch: str = "mlp", image_hidden: Sequence[int] = (256,),
+                 channels: Sequence[int] = (32, 64), kernel_size: int = 3, label_features: int | None = None,
+                 label_hidden: Sequence[int] = (256,), time_features: int = 64,
+                 hidden: Sequence[int] = (256,), outputs: int | None = None, activation: str = "relu",
+                 norm: str = "none", dropout: float = 0.0, init: str = "default"):
+        super().__init__(task)
+        if not head:
+            raise UsageError("circuit 'noprop_blocks' always ends each block in its output layer; "
+                             "it has no headless form.")
+        if variant not in VARIANTS:
+            raise UsageError(f"circuit.variant must be one of {', '.join(VARIANTS)} (the noprop learner "
+                             f"config sets it from learner.variant); got '{variant}'.")
+        self.variant = variant
+        check_choice("circuit.image_branch", image_branch, IMAGE_BRANCHES)
+        check_choice("circuit.norm", norm, NORMS)
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise UsageError(f"circuit.blocks must be a positive integer; got {blocks!r}.")
+        if image_branch == "conv" and len(task.input_shape) != 3:
+            raise UsageError("circuit.image_branch=conv needs image inputs (channels, height, width); "
+                             f"this data has shape {task.input_shape}.")
+        if not 0.0 <= dropout < 1.0:
+            raise UsageError(f"circuit.dropout must lie in [0, 1); got {dropout}.")
+        shared = self.variant != "dt"
+        if shared and (time_features < 2 or time_features % 2):
+            raise UsageError(f"circuit.time_features must be an even number ≥ 2 for variant "
+                             f"{self.variant}; got {time_features}.")
+        for key, widths in (("image_hidden", image_hidden), ("label_hidden", label_hidden),
+                            ("hidden", hidden)):
+            if any(int(w) <= 0 for w in widths):
+                raise UsageError(f"circuit.{key} widths must be positive; got {list(widths)}.")
+        self.label_features = int(label_features) if label_features is not None else task.num_classes
+        self.outputs = int(outputs) if outputs is not None else task.num_classes
+        if self.label_features < 1 or self.outputs < 1:
+            raise UsageError("circuit.label_features and circuit.outputs must be positive.")
+        self.shared = shared
+        count = 1 if shared else blocks
+        for _ in range(count):
+            self.blocks.append(NoPropBlock(
+                task, image_branch, image_hidden, channels, kernel_size, self.label_features,
+                label_hidden, time_features if shared else 0, hidden, self.outputs, activation, norm,
+                dropout, init))
+
+    def forward(self, x: Tensor, z: Tensor, t: Tensor | None = None, block: int = 0) -> Tensor:  # type: ignore[override]
+        """Output of block ``block`` (0-based) for image ``x``, label embedding ``z`` and, in the
+        shared layout, times ``t`` (B,)."""
+        return self.blocks[block](x, z, t)
+
+    def activations(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError("noprop_blocks blocks take (x, z[, t]), not a chain: call "
+                                  "forward(x, z, t, block) for one block")
+
+    @property
+    def block_widths(self) -> list[int]:
+        return [self.outputs] * len(self.blocks)
