@@ -166,9 +166,10 @@ def list_all() -> None:
     print("compatibility (learner × circuit, + = supported):")
     names = list(circuits)
     width = max(len(n) for n in learners) + 2
-    print(" " * (width + 2) + " ".join(f"{c:>8}" for c in names))
+    print(" " * (width + 2) + " ".join(names))
     for name, row in registry.compatibility().items():
-        print(f"  {name:<{width}}" + " ".join(f"{'+' if row[c] else '.':>8}" for c in names))
+        marks = " ".join(("+" if row[c] else ".").center(len(c)) for c in names)
+        print(f"  {name:<{width}}{marks}")
 
 
 # -- compare ------------------------------------------------------------------------------------
