@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     payload.update(
         title=args.title or payload.get("title") or "Fashion-MNIST MLP comparison",
-        machine=machine_description(device),
+        # the machine each row ran on (a render-only call must not describe itself)
+        machine="; ".join(sorted({r["machine"] for r in payload["rows"]})) or machine_description(device),
         torch=torch.__version__,
         updated=dt.date.today().isoformat(),
     )
