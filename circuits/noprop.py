@@ -194,8 +194,8 @@ class NoPropBlocks(Circuit):
         return self.blocks[block](x, z, t)
 
     def activations(self, x: Tensor) -> list[Tensor]:
-        raise NotImplementedError("noprop_blocks blocks take (x, z[, t]), not a chain: call "
-                                  "forward(x, z, t, block) for one block")
+        raise TypeError("noprop_blocks blocks take (x, z[, t]), not a chain: call "
+                        "forward(x, z, t, block) for one block")
 
     @property
     def block_widths(self) -> list[int]:
