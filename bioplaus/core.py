@@ -39,6 +39,14 @@ class Task:
     num_classes: int
     kind: TaskKind = "classification"
 
+    def require_classification(self, rule: str) -> None:
+        """Raise `UsageError` unless this is a classification task with at least 2 classes."""
+        from bioplaus.errors import UsageError
+
+        if self.kind != "classification" or self.num_classes < 2:
+            raise UsageError(f"{rule} trains classifiers: it needs a classification task with at least "
+                             f"2 classes (got kind={self.kind}, classes={self.num_classes}).")
+
     @property
     def input_size(self) -> int:
         """Number of input features when an example is flattened."""

@@ -202,9 +202,7 @@ class CounterCurrent(Learner):
                            ("clip", clip), ("weight_decay", weight_decay)):
             if value < 0:
                 raise UsageError(f"learner.{key} must be ≥ 0; got {value}.")
-        if task.kind != "classification" or task.num_classes < 2:
-            raise UsageError("counter_current trains classifiers: it needs a classification task with "
-                             f"at least 2 classes (got kind={task.kind}, classes={task.num_classes}).")
+        task.require_classification("counter_current")
         blocks = list(circuit.blocks)
         headed = bool(blocks) and getattr(circuit, "has_head", True)
         if not headed or circuit.block_widths[-1] != task.num_classes:

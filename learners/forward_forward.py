@@ -203,11 +203,8 @@ class ForwardForward(Learner):
         self.loss_kind = check_choice("learner.loss", loss, LOSSES)
         self.negatives = check_choice("learner.negatives", negatives, NEGATIVES)
         self.readout = check_choice("learner.readout", readout, READOUTS)
-        if task.kind != "classification":
-            raise UsageError(f"forward_forward needs a classification task; got '{task.kind}'.")
+        task.require_classification("forward_forward")
         self.num_classes = int(task.num_classes)
-        if self.num_classes < 2:
-            raise UsageError(f"forward_forward needs at least 2 classes; got {self.num_classes}.")
         if task.input_size <= self.num_classes:
             raise UsageError(
                 f"forward_forward writes the label over the first C={self.num_classes} inputs, but an "

@@ -104,9 +104,7 @@ class MonoForward(Learner):
             raise UsageError(f"learner.lr_decay must lie in (0, 1]; got {lr_decay}.")
         if weight_decay < 0:
             raise UsageError(f"learner.weight_decay must be ≥ 0; got {weight_decay}.")
-        if task.kind != "classification" or task.num_classes < 2:
-            raise UsageError("mono_forward trains classifiers: it needs a classification task with "
-                             f"at least 2 classes (got kind={task.kind}, classes={task.num_classes}).")
+        task.require_classification("mono_forward")
         if len(circuit.blocks) == 0:
             raise UsageError("mono_forward needs a circuit with at least one block.")
         self.schedule = schedule

@@ -238,9 +238,7 @@ class NoProp(Learner):
         super().__init__(circuit, task)
         self.variant = check_choice("learner.variant", variant, VARIANTS)
         self.embedding = check_choice("learner.embedding", embedding, EMBEDDINGS)
-        if task.kind != "classification" or task.num_classes < 2:
-            raise UsageError("noprop trains classifiers: it needs a classification task with at least "
-                             f"2 classes (got kind={task.kind}, classes={task.num_classes}).")
+        task.require_classification("noprop")
         if eta <= 0:
             raise UsageError(f"learner.eta must be positive; got {eta}.")
         if weight_decay < 0:

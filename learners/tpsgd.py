@@ -168,9 +168,7 @@ class TargetProjection(Learner):
             raise UsageError(f"learner.projection_scale must be positive; got {projection_scale}.")
         if weight_decay < 0:
             raise UsageError(f"learner.weight_decay must be ≥ 0; got {weight_decay}.")
-        if task.kind != "classification" or task.num_classes < 2:
-            raise UsageError("tpsgd trains classifiers: it needs a classification task with at least "
-                             f"2 classes (got kind={task.kind}, classes={task.num_classes}).")
+        task.require_classification("tpsgd")
         if not getattr(circuit, "has_head", True) or circuit.block_widths[-1] != task.num_classes:
             raise UsageError("tpsgd needs a circuit whose last block is the head to the C classes.")
         self.variant = variant
