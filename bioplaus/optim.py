@@ -39,7 +39,10 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr_value, weight_decay=weight_decay, capturable=cuda)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr_value, momentum=momentum, weight_decay=weight_decay)
+        # SGD has no `capturable` mode; its fused CUDA kernel reads a tensor lr on the device, where
+        # the foreach path would copy it to the host (a sync that breaks graph capture)
+        return torch.optim.SGD(params, lr=lr_value, momentum=momentum, weight_decay=weight_decay,
+                               fused=True if cuda else None)
     raise UsageError(f"unknown optimizer '{name}'. Valid optimizers: {', '.join(OPTIMIZERS)}.")
 
 
