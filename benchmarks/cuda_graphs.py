@@ -1,0 +1,105 @@
+"""Eager against CUDA-graph-captured training steps: seconds per epoch of each experiment preset.
+
+Runs each preset (``configs/experiment/``) for ``--epochs`` epochs twice on the GPU, once with
+``runtime.cuda_graphs=off`` and once with ``on`` (capture failure is then an error), and compares
+the training time of the last epoch, which holds no warm-up and no capture. Test accuracy after
+those few epochs is shown as a check that both runs learn alike, not as a result. Writes
+``benchmarks/results/cuda_graphs.json`` and ``.md`` with the machine it ran on:
+
+    python benchmarks/cuda_graphs.py fmnist_bp_mlp fmnist_noprop_dt --override data.root=DIR
+
+Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import bioplaus
+from bioplaus.tracking import machine_description
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_EXPERIMENTS = ["fmnist_bp_mlp", "fmnist_mf_mlp", "fmnist_ff_mlp", "fmnist_ccl_mlp",
+                       "fmnist_tpsgd_mlp", "fmnist_drtp_mlp", "fmnist_g2g_mf", "fmnist_noprop_dt"]
+
+
+def last_epoch_seconds(run_dir: str) -> float:
+    """Training seconds of the last epoch (``train_seconds`` in metrics.jsonl is cumulative)."""
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "train_seconds" in r]
+    previous = epochs[-2]["train_seconds"] if len(epochs) > 1 else 0.0
+    return epochs[-1]["train_seconds"] - previous
+
+
+def measure(name: str, mode: str, epochs: int, overrides: list[str], runs: Path) -> dict:
+    cfg = bioplaus.compose([f"experiment={name}", "device=cuda", f"runtime.cuda_graphs={mode}",
+                            f"trainer.epochs={epochs}", "trainer.select=last", f"paths.runs={runs}",
+                            "trainer.progress=none", *overrides])
+    summary = bioplaus.train(cfg, quiet=True)
+    if summary["cuda_graphs"] != (mode == "on"):
+        raise SystemExit(f"{name}: runtime.cuda_graphs={mode} but the run reports "
+                         f"cuda_graphs={summary['cuda_graphs']}")
+    return {"epoch_seconds": last_epoch_seconds(summary["run_dir"]),
+            "test_accuracy": summary["test_accuracy"],
+            "batches_per_epoch": summary["train_examples"] // int(cfg.trainer.batch_size)}
+
+
+def write_markdown(path: Path, payload: dict) -> None:
+    lines = [
+        "# Eager vs CUDA-graph training steps",
+        "",
+        f"Machine: {payload['machine']}, torch {payload['torch']}. Updated {payload['updated']}. "
+        f"Each preset ran {payload['epochs']} epochs per mode; the time is the last epoch's training "
+        "time (no evaluation, no warm-up, no capture). Test accuracy after those epochs only checks "
+        "that both modes learn alike.",
+        "",
+        "| experiment | batches/epoch | eager s/epoch | graphed s/epoch | speed-up | eager ms/step "
+        "| graphed ms/step | test acc. eager | test acc. graphed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in payload["rows"]:
+        eager, graphed, n = row["off"]["epoch_seconds"], row["on"]["epoch_seconds"], row["batches_per_epoch"]
+        lines.append(
+            f"| {row['experiment']} | {n} | {eager:.2f} | {graphed:.2f} | {eager / graphed:.1f}× "
+            f"| {1000 * eager / n:.2f} | {1000 * graphed / n:.2f} "
+            f"| {100 * row['off']['test_accuracy']:.2f} | {100 * row['on']['test_accuracy']:.2f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiments", nargs="*", default=DEFAULT_EXPERIMENTS)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "bench")
+    parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/cuda_graphs.py needs a CUDA device")
+
+    out_json = HERE / "results" / "cuda_graphs.json"
+    payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
+    for name in args.experiments:
+        off = measure(name, "off", args.epochs, args.override, args.runs)
+        on = measure(name, "on", args.epochs, args.override, args.runs)
+        row = {"experiment": name, "batches_per_epoch": on.pop("batches_per_epoch"),
+               "off": {k: v for k, v in off.items() if k != "batches_per_epoch"}, "on": on}
+        payload["rows"] = [r for r in payload["rows"] if r["experiment"] != name] + [row]
+        print(json.dumps(row), file=sys.stderr)
+    payload.update(machine=machine_description(torch.device("cuda")), torch=torch.__version__,
+                   epochs=args.epochs, updated=dt.date.today().isoformat())
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(out_json.with_suffix(".md"), payload)
+    print(out_json.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
