@@ -1,4 +1,4 @@
-"""The `bioplaus` command: ``run``, ``list``, ``compare``.
+"""The `bioplaus` command: ``run``, ``sweep``, ``list``, ``compare``.
 
 ``bioplaus run OVERRIDES...`` hands its arguments to a ``@hydra.main`` entry, so Hydra's syntax
 works as usual (``key=value``, ``+key=value``, ``~key``, ``-m`` multirun, ``--cfg job``). Before
@@ -22,6 +22,9 @@ USAGE = """usage: bioplaus COMMAND [ARGS]
 commands:
   run [OVERRIDES...]   train: bioplaus run learner=forward_forward trainer.epochs=5
                        (Hydra syntax: key=value, +key=value, ~key, -m for multirun, --cfg job)
+  sweep FILE [--local] [--count N] [--seed S] [--project P] [--entity E] [OVERRIDES...]
+                       a W&B sweep spec (a path, or a name in configs/sweeps/) over `bioplaus run`;
+                       --local runs it here with the W&B sweep engine and no server
   list                 learners, circuits, data sets, experiments, learner×circuit compatibility
   compare RUN_DIR...   one table of the summaries of several runs (also a parent folder of runs)
 
@@ -140,6 +143,61 @@ def run(args: list[str]) -> None:
     main_fn()
 
 
+# -- sweep ----------------------------------------------------------------------------------------
+
+SWEEP_USAGE = ("usage: bioplaus sweep FILE [--local] [--count N] [--seed S] [--project P] "
+               "[--entity E] [OVERRIDES...]")
+
+
+def _positive_int(flag: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 0 or (number == 0 and flag != "--seed"):
+        raise UsageError(f"{flag} takes a {'non-negative' if flag == '--seed' else 'positive'} "
+                         f"integer; got '{value}'.")
+    return number
+
+
+def sweep(args: list[str]) -> None:
+    from bioplaus import sweep as sweeps
+
+    options: dict[str, Any] = {"--local": False, "--count": None, "--seed": 0, "--project": "bioplaus",
+                               "--entity": None}
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--local":
+            options[arg] = True
+        elif arg in options:
+            if i + 1 >= len(args):
+                raise UsageError(f"{arg} needs a value. {SWEEP_USAGE}")
+            value = args[i + 1]
+            options[arg] = _positive_int(arg, value) if arg in ("--count", "--seed") else value
+            i += 1
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option '{arg}' of bioplaus sweep. {SWEEP_USAGE}")
+        else:
+            positional.append(arg)
+        i += 1
+    if not positional or "=" in positional[0]:
+        packaged = ", ".join(sweeps.available()) or "none"
+        raise UsageError(f"bioplaus sweep needs a sweep FILE first. {SWEEP_USAGE}. "
+                         f"Packaged sweeps: {packaged}.")
+    path = sweeps.resolve(positional[0])
+    overrides = positional[1:]
+    spec = sweeps.load(path, overrides)
+    if options["--local"]:
+        root = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("paths.runs=")), "runs")
+        sweep_dir = sweeps.run_local(path, spec, options["--count"], overrides, Path(root), options["--seed"])
+        print(sweep_dir, flush=True)
+    else:
+        print(sweeps.run_wandb(path, spec, options["--count"], overrides, options["--project"],
+                               options["--entity"]), flush=True)
+
+
 # -- list -----------------------------------------------------------------------------------------
 
 
@@ -162,6 +220,11 @@ def list_all() -> None:
         print(f"  {name}")
     print("experiments:")
     for name in group_options("experiment"):
+        print(f"  {name}")
+    from bioplaus.sweep import available
+
+    print("sweeps (bioplaus sweep NAME --local):")
+    for name in available():
         print(f"  {name}")
     print("compatibility (learner × circuit, + = supported):")
     names = list(circuits)
@@ -226,13 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command == "run":
         run(rest)
-    elif command in ("list", "compare"):
+    elif command in ("list", "compare", "sweep"):
+        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep}[command]
         try:
-            list_all() if command == "list" else compare(rest)
+            handler(rest)
         except UsageError as e:
             _error(str(e))
     else:
-        _error(f"unknown command '{command}'. Valid commands: run, list, compare.")
+        _error(f"unknown command '{command}'. Valid commands: run, sweep, list, compare.")
 
 
 if __name__ == "__main__":

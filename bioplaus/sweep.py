@@ -1,0 +1,273 @@
+"""``bioplaus sweep FILE [--local] [--count N] [OVERRIDES...]``: W&B sweeps over ``bioplaus run``.
+
+A sweep file is a W&B sweep spec: ``method`` (grid | random | bayes), ``metric`` (a key of the
+runs' ``summary.json``, e.g. ``best_val_accuracy``, and ``goal``), ``parameters`` (flat config
+keys such as ``learner.lr``, each with ``value``, ``values`` or a distribution) and a ``command``
+that runs ``bioplaus run ... ${args_no_hyphens}``. FILE is a path or the name of a file in
+``configs/sweeps/``.
+
+* Without ``--local`` the sweep is registered with W&B and a ``wandb agent`` runs it: each run
+  logs to the sweep (the spec's command carries ``logger=wandb``). Needs an API key.
+* With ``--local`` the same spec runs here with no server: the W&B sweep engine (the ``sweeps``
+  package of ``wandb[sweeps]``) proposes each run from the results so far — grid, random and
+  bayes alike — and each run is a ``bioplaus run`` subprocess writing into the sweep folder
+  ``runs/sweeps/<date>/<time>_<name>/NNN/``. The folder also holds ``sweep.yaml`` (the spec),
+  ``sweep.jsonl`` (one record per run: parameters, status, metric, run directory) and
+  ``summary.json`` (the best run). A run that fails or diverges is recorded and the sweep goes
+  on; a run refused as bad input (exit 2) stops the sweep.
+
+OVERRIDES after FILE apply to every run (``device=cuda``, ``data.root=DIR``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bioplaus.errors import UsageError
+
+SWEEP_DIR = Path(str(resources.files("bioplaus.configs") / "sweeps"))
+METHODS = ("grid", "random", "bayes")
+ARGS = "${args_no_hyphens}"
+#: summary.json keys a sweep can optimise without a run to look at
+DEFAULT_METRIC = {"name": "best_val_accuracy", "goal": "maximize"}
+
+
+def _sweeps_package() -> Any:
+    with warnings.catch_warnings():  # the package's pydantic models warn on import
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")) if SWEEP_DIR.is_dir() else []
+
+
+def resolve(name_or_path: str) -> Path:
+    """The sweep file: an existing path, else ``configs/sweeps/NAME.yaml``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = SWEEP_DIR / f"{path.stem if path.suffix == '.yaml' else name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(available()) or "none"
+    raise UsageError(f"no sweep file '{name_or_path}': it is neither a file nor a packaged sweep. "
+                     f"Packaged sweeps: {names}.")
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as Hydra override syntax."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def overrides_of(config: dict[str, Any]) -> list[str]:
+    """``key=value`` overrides of one proposed run (``{"learner.lr": {"value": 1e-3}}``)."""
+    return [f"{key}={format_value(entry['value'])}" for key, entry in config.items()]
+
+
+def _sample_values(entry: dict[str, Any]) -> list[Any]:
+    """Values of a parameter to check the key and type with: listed ones, or its bounds."""
+    if "value" in entry:
+        return [entry["value"]]
+    if "values" in entry:
+        return list(entry["values"])
+    return [entry[k] for k in ("min", "max") if k in entry][:1]
+
+
+def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
+    """The spec of ``path``, checked: its schema, its method, and every parameter and extra
+    override as a config key with a value of the right type (`UsageError` otherwise)."""
+    import yaml
+
+    from bioplaus.config import check_overrides
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"sweep file {path} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(spec, dict):
+        raise UsageError(f"sweep file {path} must hold a mapping (method, metric, parameters, command).")
+    method = spec.get("method")
+    if method not in METHODS:
+        raise UsageError(f"sweep file {path}: method must be one of {', '.join(METHODS)}; got {method!r}.")
+    params = spec.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise UsageError(f"sweep file {path}: 'parameters' must map config keys to their values.")
+    for key, entry in params.items():
+        if not isinstance(entry, dict) or "parameters" in entry:
+            raise UsageError(f"sweep file {path}: parameter '{key}' must be a flat config key "
+                             "(learner.lr) with value, values or a distribution.")
+    spec.setdefault("metric", dict(DEFAULT_METRIC))
+    metric = spec["metric"]
+    if not isinstance(metric, dict) or "name" not in metric:
+        raise UsageError(f"sweep file {path}: 'metric' needs a name (a summary.json key such as "
+                         "best_val_accuracy) and a goal (maximize | minimize).")
+    metric.setdefault("goal", "maximize")
+    if metric["goal"] not in ("maximize", "minimize"):
+        raise UsageError(f"sweep file {path}: metric goal must be maximize or minimize; "
+                         f"got {metric['goal']!r}.")
+    command = spec.setdefault("command", ["bioplaus", "run", "logger=wandb", ARGS])
+    if not (isinstance(command, list) and "run" in command and ARGS in command):
+        raise UsageError(f"sweep file {path}: 'command' must run `bioplaus run ... {ARGS}`.")
+    checked = [f"{key}={format_value(v)}" for key, entry in params.items() for v in _sample_values(entry)]
+    check_overrides([*checked, *fixed_args(spec), *extra_overrides])
+    try:
+        _sweeps_package().SweepConfig({k: v for k, v in spec.items() if k != "description"})
+    except Exception as e:  # the schema's own error: name the first violation
+        raise UsageError(f"sweep file {path} breaks the W&B sweep schema: "
+                         f"{' '.join(str(e).split())[:400]}") from e
+    return spec
+
+
+def fixed_args(spec: dict[str, Any]) -> list[str]:
+    """The overrides the spec's command gives every run (between ``run`` and the arguments)."""
+    command = [str(c) for c in spec["command"]]
+    return [c for c in command[command.index("run") + 1:] if "=" in c and not c.startswith("$")]
+
+
+# -- local ----------------------------------------------------------------------------------------
+
+
+def _metric_of(summary: dict[str, Any], name: str) -> float | None:
+    value = summary.get(name)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _best(records: list[dict[str, Any]], goal: str) -> dict[str, Any] | None:
+    scored = [r for r in records if r["metric"] is not None]
+    if not scored:
+        return None
+    return (max if goal == "maximize" else min)(scored, key=lambda r: r["metric"])
+
+
+def run_local(path: Path, spec: dict[str, Any], count: int | None, extra_overrides: list[str],
+              runs_root: Path, seed: int = 0) -> Path:
+    """Run the sweep here, one ``bioplaus run`` subprocess per proposed run; returns its folder."""
+    import numpy as np
+    import yaml
+
+    sweeps = _sweeps_package()
+    metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
+    # the logger of the spec's command is for W&B-hosted sweeps; locally the runs log to disk
+    fixed = [a for a in fixed_args(spec) if not a.startswith("logger=")]
+    now = dt.datetime.now()
+    sweep_dir = runs_root / "sweeps" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{path.stem}"
+    sweep_dir.mkdir(parents=True, exist_ok=False)
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # random and bayes proposals draw from Python's and numpy's global generators
+    random.seed(seed)
+    np.random.seed(seed)
+    proposed: list[Any] = []
+    records: list[dict[str, Any]] = []
+    total = "∞" if count is None else str(count)
+    while count is None or len(records) < count:
+        run = sweeps.next_run(spec, proposed)
+        if run is None:  # a grid is exhausted
+            break
+        index = len(records)
+        run_dir = sweep_dir / f"{index:03d}"
+        overrides = overrides_of(run.config)
+        print(f"sweep {path.stem}: run {index + 1}/{total}: {' '.join(overrides)}", flush=True)
+        cmd = [sys.executable, "-m", "bioplaus", "run", *fixed, *overrides, *extra_overrides,
+               f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 2:
+            message = proc.stderr.strip().removeprefix("bioplaus: error: ")
+            raise UsageError(f"run {index + 1} of sweep {path.stem} was refused ({' '.join(overrides)}): "
+                             f"{message}")
+        summary_file = run_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        value = _metric_of(summary, metric)
+        status = summary.get("status", "failed" if proc.returncode else "completed")
+        if proc.returncode == 0 and summary and metric not in summary:
+            numbers = ", ".join(k for k, v in summary.items() if isinstance(v, float))
+            raise UsageError(f"sweep {path.stem}: metric '{metric}' is not in the runs' summary.json; "
+                             f"keys there: {numbers}.")
+        run.state = sweeps.RunState.finished if value is not None else sweeps.RunState.failed
+        run.summary_metrics = {metric: value} if value is not None else {}
+        proposed.append(run)
+        record = {"index": index, "parameters": {k: e["value"] for k, e in run.config.items()},
+                  "status": status, "metric": value, "test_accuracy": summary.get("test_accuracy"),
+                  "train_seconds": summary.get("train_seconds"), "run_dir": str(run_dir)}
+        if status != "completed":
+            record["reason"] = summary.get("reason") or proc.stderr.strip()[-500:]
+        records.append(record)
+        with (sweep_dir / "sweep.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = "—" if value is None else f"{value:.4f}"
+        print(f"  {status}: {metric} {shown}", flush=True)
+    best = _best(records, goal)
+    (sweep_dir / "summary.json").write_text(json.dumps(
+        {"sweep": path.stem, "method": spec["method"], "metric": metric, "goal": goal, "seed": seed,
+         "runs": len(records), "completed": sum(r["status"] == "completed" for r in records),
+         "best": best}, indent=2) + "\n")
+    _print_table(records, metric, best)
+    return sweep_dir
+
+
+def _print_table(records: list[dict[str, Any]], metric: str, best: dict[str, Any] | None) -> None:
+    if not records:
+        print("no runs were proposed.")
+        return
+    keys = list(records[0]["parameters"])
+    rows = [[f"{r['index']:03d}", *(format_value(r["parameters"][k]) for k in keys), r["status"],
+             "—" if r["metric"] is None else f"{r['metric']:.4f}"] for r in records]
+    headers = ["run", *keys, "status", metric]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if best is not None:
+        print(f"best: run {best['index']:03d}, {metric} {best['metric']:.4f} ({best['run_dir']})")
+
+
+# -- W&B-hosted -------------------------------------------------------------------------------------
+
+
+def has_wandb_key() -> bool:
+    from bioplaus.tracking import _netrc_has_wandb
+
+    return bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+
+
+def agent_command(sweep_id: str, count: int | None) -> list[str]:
+    return [sys.executable, "-m", "wandb", "agent", *(["--count", str(count)] if count else []), sweep_id]
+
+
+def run_wandb(path: Path, spec: dict[str, Any], count: int | None, extra_overrides: list[str],
+              project: str, entity: str | None) -> str:
+    """Register the sweep with W&B and run an agent on it here; returns the sweep's id path."""
+    if not has_wandb_key():
+        raise UsageError("`bioplaus sweep` without --local registers the sweep with W&B and needs "
+                         "an API key (WANDB_API_KEY or `wandb login`); none is set. Run it here "
+                         "without a server with `bioplaus sweep FILE --local`.")
+    import wandb
+
+    command = [str(c) for c in spec["command"]]
+    at = command.index(ARGS)
+    spec = {**spec, "command": [*command[:at], *extra_overrides, *command[at:]]}
+    spec.pop("description", None)
+    sweep_id = wandb.sweep(spec, project=project, entity=entity)
+    full_id = "/".join(p for p in (entity, project, sweep_id) if p)
+    print(f"sweep {path.stem}: registered as {full_id}; starting an agent", flush=True)
+    proc = subprocess.run(agent_command(full_id, count))
+    if proc.returncode != 0:
+        raise UsageError(f"the W&B agent of sweep {full_id} exited with code {proc.returncode}.")
+    return full_id
