@@ -145,6 +145,11 @@ def fixed_args(spec: dict[str, Any]) -> list[str]:
 # -- local ----------------------------------------------------------------------------------------
 
 
+def grid_size(spec: dict[str, Any]) -> int:
+    """Runs in a grid: the product of the numbers of listed values (a fixed value counts once)."""
+    return math.prod(len(entry.get("values", [None])) for entry in spec["parameters"].values())
+
+
 def _metric_of(summary: dict[str, Any], name: str) -> float | None:
     value = summary.get(name)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -176,7 +181,7 @@ def run_local(path: Path, spec: dict[str, Any], count: int | None, extra_overrid
     np.random.seed(seed)
     proposed: list[Any] = []
     records: list[dict[str, Any]] = []
-    total = "∞" if count is None else str(count)
+    total = str(count) if count is not None else str(grid_size(spec)) if spec["method"] == "grid" else "∞"
     while count is None or len(records) < count:
         run = sweeps.next_run(spec, proposed)
         if run is None:  # a grid is exhausted

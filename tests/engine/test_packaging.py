@@ -22,7 +22,7 @@ def test_wheel_contains_and_imports_everything(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("bioplaus/learners/backprop.py", "bioplaus/circuits/mlp.py",
                      "bioplaus/configs/config.yaml", "bioplaus/configs/learner/backprop.yaml",
-                     "bioplaus/configs/trainer/default.yaml"):
+                     "bioplaus/configs/trainer/default.yaml", "bioplaus/configs/sweeps/digits_ff.yaml"):
         assert expected in names, expected
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",

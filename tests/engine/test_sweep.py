@@ -57,6 +57,7 @@ def test_local_grid_runs_every_point_and_names_the_best(tmp_path: Path) -> None:
                                                            "learner.lr": 1e-4})
     assert best["metric"] > worst["metric"] + 0.1
     assert f"best: run {best['index']:03d}" in result.stdout
+    assert "run 4/4:" in result.stdout
 
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
