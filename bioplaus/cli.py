@@ -1,4 +1,4 @@
-"""The `bioplaus` command: ``run``, ``sweep``, ``list``, ``compare``.
+"""The `bioplaus` command: ``run``, ``sweep``, ``bench``, ``list``, ``compare``.
 
 ``bioplaus run OVERRIDES...`` hands its arguments to a ``@hydra.main`` entry, so Hydra's syntax
 works as usual (``key=value``, ``+key=value``, ``~key``, ``-m`` multirun, ``--cfg job``). Before
@@ -25,6 +25,9 @@ commands:
   sweep FILE [--local] [--count N] [--seed S] [--project P] [--entity E] [OVERRIDES...]
                        a W&B sweep spec (a path, or a name in configs/sweeps/) over `bioplaus run`;
                        --local runs it here with the W&B sweep engine and no server
+  bench EXPERIMENT... [--seeds S...] [--name N] [--out DIR] [OVERRIDES...]
+                       run presets, one or more seeds each, into OUT/NAME.json and .md (accuracy,
+                       wall-clock, samples/s, memory, machine); default OUT: benchmarks/results
   list                 learners, circuits, data sets, experiments, learner×circuit compatibility
   compare RUN_DIR...   one table of the summaries of several runs (also a parent folder of runs)
 
@@ -198,6 +201,15 @@ def sweep(args: list[str]) -> None:
                                options["--entity"]), flush=True)
 
 
+# -- bench ----------------------------------------------------------------------------------------
+
+
+def bench(args: list[str]) -> None:
+    from bioplaus.bench import main as bench_main
+
+    print(bench_main(args), flush=True)
+
+
 # -- list -----------------------------------------------------------------------------------------
 
 
@@ -289,14 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command == "run":
         run(rest)
-    elif command in ("list", "compare", "sweep"):
-        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep}[command]
+    elif command in ("list", "compare", "sweep", "bench"):
+        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep, "bench": bench}[command]
         try:
             handler(rest)
         except UsageError as e:
             _error(str(e))
     else:
-        _error(f"unknown command '{command}'. Valid commands: run, sweep, list, compare.")
+        _error(f"unknown command '{command}'. Valid commands: run, sweep, bench, list, compare.")
 
 
 if __name__ == "__main__":

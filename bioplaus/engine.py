@@ -298,6 +298,7 @@ class _Loop:
             "cuda_graphs": self.runner.graphed,
             "parameters": sum(p.numel() for p in self.learner.parameters()),
             "train_examples": int(self.data.train_x.shape[0]),
+            "input_shape": list(self.data.task.input_shape),
             "torch": torch.__version__,
             "run_dir": str(self.run_dir),
         }
