@@ -1,5 +1,13 @@
 """Built-in learning rules; importing this package registers them."""
 
-from bioplaus.learners import backprop, counter_current, forward_forward, mono_forward, noprop, tpsgd
+from bioplaus.learners import (
+    backprop,
+    counter_current,
+    forward_forward,
+    local_aux,
+    mono_forward,
+    noprop,
+    tpsgd,
+)
 
-__all__ = ["backprop", "counter_current", "forward_forward", "mono_forward", "noprop", "tpsgd"]
+__all__ = ["backprop", "counter_current", "forward_forward", "local_aux", "mono_forward", "noprop", "tpsgd"]

@@ -1,0 +1,205 @@
+"""`local_aux` — supervised local learning: gradient-isolated modules, each trained through a small
+auxiliary net of its own.
+
+Belilovsky, Eickenberg & Oyallon, "Decoupled Greedy Learning of CNNs", ICML 2020 (``aux=dgl``).
+Wang, Ni, Song, Yang & Huang, "Revisiting Locally Supervised Learning: an Alternative to End-to-end
+Training", ICLR 2021 (InfoPro, ``aux=infopro``).
+
+The circuit's blocks are cut into K contiguous modules F_1 … F_K (``modules``; default one module
+per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-gradient:
+
+    h_k = F_k(sg(h_{k−1}))
+    L_k = CE(A_k(h_k), y)                                   aux=dgl,      k < K
+    L_k = CE(A_k(h_k), y) + λ·mean((D_k(h_k) − x)²)         aux=infopro,  k < K
+    L_K = CE(h_K, y)                                        the circuit's head, no auxiliary net
+
+A_k is the auxiliary classifier of module k: on a feature map, average pooling to
+``aux_pool``×``aux_pool``, flatten, then dense layers ``aux_hidden`` (ReLU) and a linear map to the
+C classes; on a vector, the dense layers alone. D_k is InfoPro's decoder: a linear map back to the
+flattened input for a vector; for a feature map, a 3×3 convolution to the input's channels and
+bilinear upsampling to its height and width (convolving first keeps the decoder's own activations
+small). (F_k, A_k, D_k) get the gradient of L_k only.
+
+Memory. `train_step` runs module after module and calls backward on L_k before module k+1 runs
+forward, so autograd holds the activations of one module (with its auxiliary net) at a time,
+where backprop holds every block's until its single backward. `saved_activation_peak` in
+``bioplaus.functional`` measures the difference; ``benchmarks/local_aux_memory.py`` reports it.
+
+Options (``learner.*`` keys): ``aux`` dgl | infopro; ``modules`` K (null: one per block);
+``aux_hidden`` widths of the auxiliary classifier's hidden layers; ``aux_pool``; ``recon_weight``
+λ of InfoPro's reconstruction term; ``optimizer``, ``lr``, ``weight_decay``, ``momentum``: one
+optimizer over every module and auxiliary net (each parameter still gets only its own module's
+gradient).
+
+Choices the papers leave to the implementation, ours: the auxiliary classifier's shape above
+(DGL pools to 2×2 and uses a small MLP; we default to a linear map after the pooling, and
+``aux_hidden`` restores the MLP); InfoPro's weighting is one λ for every module (the paper
+schedules the two terms with depth); InfoPro's decoder reconstructs the normalised input
+itself, and its second (mutual information with the label) term is the auxiliary classifier's
+cross-entropy, as in the paper's practical form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioplaus.core import Circuit, Learner, Task
+from bioplaus.errors import UsageError
+from bioplaus.functional import accuracy
+from bioplaus.optim import make_optimizer
+from bioplaus.registry import register_learner
+
+AUX_KINDS = ("dgl", "infopro")
+
+
+def split_into_modules(num_blocks: int, modules: int | None) -> list[range]:
+    """Contiguous block ranges of K modules, as even as can be, earlier modules the larger."""
+    count = num_blocks if modules is None else modules
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= num_blocks:
+        raise UsageError(f"learner.modules must be an integer in 1..{num_blocks} (the circuit's blocks) "
+                         f"or null; got {modules!r}.")
+    size, extra = divmod(num_blocks, count)
+    ranges, start = [], 0
+    for k in range(count):
+        stop = start + size + (1 if k < extra else 0)
+        ranges.append(range(start, stop))
+        start = stop
+    return ranges
+
+
+class AuxClassifier(nn.Module):
+    """A_k: (pool a feature map to pool×pool), flatten, dense ReLU layers ``hidden``, linear to C."""
+
+    def __init__(self, feature_shape: Sequence[int], num_classes: int, hidden: Sequence[int], pool: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(pool) if len(feature_shape) == 3 else nn.Identity()
+        width = feature_shape[0] * pool * pool if len(feature_shape) == 3 else math.prod(feature_shape)
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, num_classes))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.mlp(self.pool(h).flatten(1))
+
+
+class InputDecoder(nn.Module):
+    """D_k: back to the input's shape — linear for a vector, 3×3 conv + upsample for a feature map."""
+
+    def __init__(self, feature_shape: Sequence[int], input_shape: Sequence[int]):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.image = len(feature_shape) == 3 and len(input_shape) == 3
+        if self.image:
+            self.conv = nn.Conv2d(feature_shape[0], input_shape[0], 3, padding=1)
+        else:
+            self.linear = nn.Linear(math.prod(feature_shape), math.prod(input_shape))
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.image:  # convolve at the feature map's size, then upsample (cheap in memory)
+            return F.interpolate(self.conv(h), size=self.input_shape[1:], mode="bilinear",
+                                 align_corners=False)
+        return self.linear(h.flatten(1)).view(h.shape[0], *self.input_shape)
+
+
+def infopro_loss(logits: Tensor, y: Tensor, reconstruction: Tensor, x: Tensor, weight: float) -> Tensor:
+    """CE(logits, y) + λ·mean((x̂ − x)²)."""
+    return F.cross_entropy(logits, y) + weight * F.mse_loss(reconstruction, x)
+
+
+@register_learner
+class LocalAux(Learner):
+    """Gradient-isolated modules, each trained by its own auxiliary classifier (and decoder)."""
+
+    name = "local_aux"
+    circuits = ("mlp", "cnn", "g2g")
+
+    def __init__(self, circuit: Circuit, task: Task, aux: str = "dgl", modules: int | None = None,
+                 aux_hidden: Sequence[int] = (), aux_pool: int = 2, recon_weight: float = 1.0,
+                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                 momentum: float = 0.9):
+        super().__init__(circuit, task)
+        if aux not in AUX_KINDS:
+            raise UsageError(f"learner.aux must be one of {', '.join(AUX_KINDS)}; got '{aux}'.")
+        if isinstance(aux_pool, bool) or not isinstance(aux_pool, int) or aux_pool < 1:
+            raise UsageError(f"learner.aux_pool must be a positive integer; got {aux_pool!r}.")
+        if recon_weight < 0 or weight_decay < 0:
+            raise UsageError("learner.recon_weight and learner.weight_decay must be ≥ 0.")
+        if any(int(h) < 1 for h in aux_hidden):
+            raise UsageError(f"learner.aux_hidden widths must be positive; got {list(aux_hidden)}.")
+        task.require_classification("local_aux")
+        self.aux = aux
+        self.recon_weight = float(recon_weight)
+        self.module_blocks = split_into_modules(len(circuit.blocks), modules)
+
+        device = next(circuit.parameters()).device
+        shapes = self._module_output_shapes(device)
+        self.classifiers = nn.ModuleList(
+            AuxClassifier(shape, task.num_classes, aux_hidden, aux_pool) for shape in shapes[:-1]
+        ).to(device)
+        self.decoders = nn.ModuleList(
+            InputDecoder(shape, task.input_shape) for shape in shapes[:-1]
+        ).to(device) if aux == "infopro" else nn.ModuleList()
+        self.optimizer = self.add_optimizer(
+            "local", make_optimizer(self.parameters(), optimizer, lr, weight_decay, momentum, device=device)
+        )
+
+    def _module_output_shapes(self, device: torch.device) -> list[tuple[int, ...]]:
+        h = torch.zeros(1, *self.task.input_shape, device=device)
+        shapes = []
+        with torch.no_grad():
+            for blocks in self.module_blocks:
+                for i in blocks:
+                    h = self.circuit.blocks[i](h)
+                shapes.append(tuple(h.shape[1:]))
+        if shapes[-1] != (self.task.num_classes,):
+            raise UsageError("local_aux trains the circuit's head as its last module: the circuit must "
+                             f"end in a head of {self.task.num_classes} outputs.")
+        return shapes
+
+    # -- training -------------------------------------------------------------------------------
+    def run_module(self, k: int, h: Tensor) -> Tensor:
+        """F_k(h): module k's blocks in order."""
+        for i in self.module_blocks[k]:
+            h = self.circuit.blocks[i](h)
+        return h
+
+    def module_loss(self, k: int, h_k: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """L_k of module k's output: the auxiliary loss, or CE of the head for the last module."""
+        if k == len(self.module_blocks) - 1:
+            return F.cross_entropy(h_k, y)
+        logits = self.classifiers[k](h_k)
+        if self.aux == "dgl":
+            return F.cross_entropy(logits, y)
+        return infopro_loss(logits, y, self.decoders[k](h_k), x, self.recon_weight)
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, Tensor] = {}
+        losses = []
+        h = x
+        for k in range(len(self.module_blocks)):
+            h = self.run_module(k, h.detach())
+            loss = self.module_loss(k, h, x, y)
+            loss.backward()  # frees module k's graph before module k+1 runs
+            losses.append(loss.detach())
+            metrics[f"loss_m{k + 1}"] = losses[-1]
+        self.optimizer.step()
+        metrics["loss"] = torch.stack(losses).sum()
+        metrics["accuracy"] = accuracy(h.detach(), y)
+        return metrics
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        return self.circuit(x)
+
+    def rule_metrics(self) -> dict[str, object]:
+        return {"modules": len(self.module_blocks), "aux": self.aux}

@@ -1,0 +1,197 @@
+"""Tests of `local_aux`: module split, DGL and InfoPro losses by hand, gradient isolation between
+modules, K = 1 is backprop, activation memory against backprop, learning on digits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bioplaus.circuits.cnn import CNN
+from bioplaus.circuits.mlp import MLP
+from bioplaus.core import Task
+from bioplaus.data import from_raw, load_digits, train_batches
+from bioplaus.errors import UsageError
+from bioplaus.functional import SavedActivationMeter, saved_activation_peak
+from bioplaus.learners.backprop import Backprop
+from bioplaus.learners.local_aux import LocalAux, split_into_modules
+
+
+def set_linear(linear: torch.nn.Linear, weight: list, bias: list) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        linear.bias.copy_(torch.tensor(bias))
+
+
+def test_split_into_modules():
+    assert split_into_modules(3, None) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert split_into_modules(5, 2) == [range(0, 3), range(3, 5)]
+    assert split_into_modules(5, 1) == [range(0, 5)]
+    for bad in (0, 6, True, 2.5):
+        with pytest.raises(UsageError, match=r"learner\.modules"):
+            split_into_modules(5, bad)
+
+
+def two_class_net(aux="dgl", **kw) -> LocalAux:
+    """x ∈ R², one hidden ReLU block of 2 units (identity weights), head of 2 classes."""
+    task = Task((2,), 2)
+    circuit = MLP(task, (2,))
+    learner = LocalAux(circuit, task, aux=aux, **kw)
+    set_linear(circuit.blocks[0].linear, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    set_linear(learner.classifiers[0].mlp[0], [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    return learner
+
+
+def test_dgl_loss_by_hand():
+    learner = two_class_net()
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    h = learner.run_module(0, x)
+    assert torch.equal(h, torch.tensor([[1.0, 2.0]]))  # ReLU(I x)
+    # logits = I h = (1, 2); CE for class 1 = −log(e²/(e¹+e²)) = log(1 + e^{−1})
+    expected = math.log(1.0 + math.exp(-1.0))
+    assert learner.module_loss(0, h, x, y).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_infopro_loss_by_hand():
+    learner = two_class_net(aux="infopro", recon_weight=0.5)
+    set_linear(learner.decoders[0].linear, [[0.0, 1.0], [1.0, 0.0]], [0.5, 0.0])  # x̂ = swap(h) + (.5, 0)
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    h = learner.run_module(0, x)
+    # x̂ = (2.5, 1): squared errors (1.5², 1²) = (2.25, 1), mean 1.625, times λ = 0.5
+    expected = math.log(1.0 + math.exp(-1.0)) + 0.5 * 1.625
+    assert learner.module_loss(0, h, x, y).item() == pytest.approx(expected, abs=1e-6)
+
+
+def three_module_net(aux="dgl") -> LocalAux:
+    torch.manual_seed(0)
+    task = Task((6,), 3)
+    return LocalAux(MLP(task, (5, 4)), task, aux=aux)
+
+
+@pytest.mark.parametrize("aux", ["dgl", "infopro"])
+def test_a_module_loss_reaches_only_its_module(aux):
+    learner = three_module_net(aux)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    h1 = learner.run_module(0, x)
+    h2 = learner.run_module(1, h1.detach())
+    learner.module_loss(1, h2, x, y).backward()
+    blocks = learner.circuit.blocks
+    own = [*blocks[1].parameters(), *learner.classifiers[1].parameters()]
+    if aux == "infopro":
+        own += list(learner.decoders[1].parameters())
+    others = [*blocks[0].parameters(), *blocks[2].parameters(), *learner.classifiers[0].parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
+    assert all(p.grad is None for p in others)
+
+
+def test_train_step_gives_each_module_its_own_gradient():
+    learner = three_module_net("infopro")
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    expected = {}
+    h = x
+    for k in range(3):  # each module's loss alone, on the detached output of the one before
+        learner.zero_grad(set_to_none=True)
+        h = learner.run_module(k, h.detach())
+        learner.module_loss(k, h, x, y).backward()
+        expected.update({n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None})
+    learner.optimizer.step = lambda *a, **k: None  # keep the weights: compare the gradients
+    learner.train_step(x, y)
+    for name, param in learner.named_parameters():
+        assert torch.allclose(param.grad, expected[name], atol=1e-7), name
+
+
+def test_one_module_is_backprop():
+    """K = 1: the whole circuit is one module ending in the head — exactly backprop's step."""
+    task = Task((6,), 3)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    weights = []
+    for make in (lambda c: Backprop(c, task, lr=1e-2), lambda c: LocalAux(c, task, modules=1, lr=1e-2)):
+        torch.manual_seed(0)
+        learner = make(MLP(task, (5, 4)))
+        for _ in range(3):
+            learner.train_step(x, y)
+        weights.append([p.detach().clone() for p in learner.circuit.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_saved_activation_meter_by_hand():
+    x = torch.randn(4, 8)  # 128 bytes
+    w = torch.randn(8, 8, requires_grad=True)
+    with SavedActivationMeter(exclude=[w]) as meter:
+        out = torch.relu(x @ w)  # mm saves x (for ∂/∂w); relu saves its output: 128 bytes
+        loss = out.sum()
+        assert meter.live == 256
+        loss.backward()
+        del out, loss
+    assert meter.peak == 256 and meter.live == 0
+
+
+def test_local_modules_hold_less_activation_memory_than_backprop():
+    """Four 512-unit blocks: backprop holds every block's activations, local_aux one module's."""
+    task = Task((1, 28, 28), 10)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    peaks = {}
+    for name, make in {"backprop": lambda c: Backprop(c, task),
+                       "dgl": lambda c: LocalAux(c, task, aux="dgl")}.items():
+        torch.manual_seed(0)
+        learner = make(MLP(task, (512, 512, 512, 512)))
+        peaks[name] = saved_activation_peak(lambda l=learner: l.train_step(x, y), learner.parameters())
+    # backprop: the input and four 512-wide activations (each saved once as ReLU output and linear
+    # input) and the logits; dgl: one module — its input, output and auxiliary logits
+    assert peaks["backprop"] >= 64 * 4 * (784 + 4 * 512)
+    assert peaks["dgl"] <= 64 * 4 * (784 + 512 + 2 * 10) + 1024
+    assert peaks["dgl"] < 0.5 * peaks["backprop"]
+
+
+def test_bad_options():
+    task = Task((6,), 3)
+    for kw, needle in [({"aux": "auglocal"}, r"learner\.aux"), ({"aux_pool": 0}, "aux_pool"),
+                       ({"recon_weight": -1.0}, "recon_weight"), ({"aux_hidden": [0]}, "aux_hidden"),
+                       ({"modules": 9}, r"learner\.modules")]:
+        with pytest.raises(UsageError, match=needle):
+            LocalAux(MLP(task, (5, 4)), task, **kw)
+    with pytest.raises(UsageError, match="head"):
+        LocalAux(MLP(task, (5, 4), head=False), task)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return from_raw(load_digits(), name="digits", seed=0)
+
+
+def fit(learner, data, epochs, batch_size=64):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for x, y in train_batches(data.train_x, data.train_y, batch_size, generator):
+            learner.train_step(x, y)
+    return float((learner.predict(data.test_x).argmax(1) == data.test_y).float().mean())
+
+
+@pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93)])
+def test_learns_digits_mlp(digits, aux, floor):
+    torch.manual_seed(0)
+    learner = LocalAux(MLP(digits.task, (256, 256)), digits.task, aux=aux)
+    assert fit(learner, digits, epochs=15) >= floor
+
+
+def test_learns_digits_cnn(digits):
+    torch.manual_seed(0)
+    learner = LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
+    assert [c.pool.output_size for c in learner.classifiers] == [2, 2]
+    assert fit(learner, digits, epochs=10) >= 0.9
+
+
+def test_config_keys_match_constructor():
+    from omegaconf import OmegaConf
+
+    from bioplaus.config import compose, constructor_keys
+
+    cfg = compose(["learner=local_aux"], check=False)
+    keys = {k for k in cfg.learner if k != "name"}
+    names, _ = constructor_keys(LocalAux)
+    assert keys == set(names) - {"circuit", "task"}
+    options = OmegaConf.to_container(cfg.learner)
+    options.pop("name")
+    task = Task((1, 8, 8), 10)
+    LocalAux(MLP(task, cfg.circuit.hidden), task, **options)
