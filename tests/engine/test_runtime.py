@@ -18,7 +18,7 @@ def test_cpu_runner_is_eager() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("learner", ["backprop", "mono_forward", "counter_current", "tpsgd"])
+@pytest.mark.parametrize("learner", ["backprop", "mono_forward", "counter_current", "tpsgd", "local_aux"])
 def test_graphed_steps_match_eager_steps(learner: str) -> None:
     """Same seed, same batches: graph replays leave the same weights as eager steps."""
     overrides = [f"learner={learner}", "circuit.hidden=[64,64]", "device=cuda"]
@@ -43,7 +43,8 @@ def test_graphed_steps_match_eager_steps(learner: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("learner", ["backprop", "mono_forward", "forward_forward", "noprop",
                                      "counter_current", "tpsgd", "tpsgd learner.variant=drtp",
-                                     "mono_forward circuit=g2g"])
+                                     "mono_forward circuit=g2g", "local_aux",
+                                     "local_aux learner.aux=infopro circuit=cnn"])
 def test_every_learner_is_captured_and_trains(learner: str, tmp_path) -> None:
     """A run with its defaults and runtime.cuda_graphs=on (capture failure is an error) learns to
     the same floor as the eager end-to-end tests (forward_forward's goodness readout needs its
