@@ -24,7 +24,8 @@ commands:
                        (Hydra syntax: key=value, +key=value, ~key, -m for multirun, --cfg job)
   sweep FILE [--local] [--count N] [--seed S] [--project P] [--entity E] [OVERRIDES...]
                        a W&B sweep spec (a path, or a name in configs/sweeps/) over `bioplaus run`;
-                       --local runs it here with the W&B sweep engine and no server
+                       --local runs it here with the W&B sweep engine and no server;
+                       sweep --resume SWEEP_DIR continues a stopped local sweep
   bench EXPERIMENT... [--seeds S...] [--name N] [--out DIR] [OVERRIDES...]
                        run presets, one or more seeds each, into OUT/NAME.json and .md (accuracy,
                        wall-clock, samples/s, memory, machine); default OUT: benchmarks/results
@@ -149,7 +150,7 @@ def run(args: list[str]) -> None:
 # -- sweep ----------------------------------------------------------------------------------------
 
 SWEEP_USAGE = ("usage: bioplaus sweep FILE [--local] [--count N] [--seed S] [--project P] "
-               "[--entity E] [OVERRIDES...]")
+               "[--entity E] [OVERRIDES...] | bioplaus sweep --resume SWEEP_DIR [--count N]")
 
 
 def _positive_int(flag: str, value: str) -> int:
@@ -167,7 +168,7 @@ def sweep(args: list[str]) -> None:
     from bioplaus import sweep as sweeps
 
     options: dict[str, Any] = {"--local": False, "--count": None, "--seed": 0, "--project": "bioplaus",
-                               "--entity": None}
+                               "--entity": None, "--resume": None}
     positional: list[str] = []
     i = 0
     while i < len(args):
@@ -185,20 +186,33 @@ def sweep(args: list[str]) -> None:
         else:
             positional.append(arg)
         i += 1
-    if not positional or "=" in positional[0]:
-        packaged = ", ".join(sweeps.available()) or "none"
-        raise UsageError(f"bioplaus sweep needs a sweep FILE first. {SWEEP_USAGE}. "
-                         f"Packaged sweeps: {packaged}.")
-    path = sweeps.resolve(positional[0])
-    overrides = positional[1:]
-    spec = sweeps.load(path, overrides)
-    if options["--local"]:
-        root = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("paths.runs=")), "runs")
-        sweep_dir = sweeps.run_local(path, spec, options["--count"], overrides, Path(root), options["--seed"])
-        print(sweep_dir, flush=True)
-    else:
-        print(sweeps.run_wandb(path, spec, options["--count"], overrides, options["--project"],
-                               options["--entity"]), flush=True)
+    try:
+        if options["--resume"] is not None:
+            if positional:
+                raise UsageError("bioplaus sweep --resume SWEEP_DIR takes no FILE or overrides: the "
+                                 "sweep continues with its own (saved in SWEEP_DIR/state.json).")
+            print(sweeps.resume_local(Path(options["--resume"]), options["--count"]), flush=True)
+            return
+        if not positional or "=" in positional[0]:
+            packaged = ", ".join(sweeps.available()) or "none"
+            raise UsageError(f"bioplaus sweep needs a sweep FILE first. {SWEEP_USAGE}. "
+                             f"Packaged sweeps: {packaged}.")
+        path = sweeps.resolve(positional[0])
+        overrides = positional[1:]
+        spec = sweeps.load(path, overrides)
+        if options["--local"]:
+            root = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("paths.runs=")),
+                        "runs")
+            sweep_dir = sweeps.start_local(path, spec, options["--count"], overrides, Path(root),
+                                           options["--seed"])
+            print(sweep_dir, flush=True)
+        else:
+            print(sweeps.run_wandb(path, spec, options["--count"], overrides, options["--project"],
+                                   options["--entity"]), flush=True)
+    except RunFailed as e:
+        print(f"bioplaus: {e}", file=sys.stderr)
+        print(e.run_dir, flush=True)
+        sys.exit(1)
 
 
 # -- bench ----------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ that runs ``bioplaus run ... ${args_no_hyphens}``. FILE is a path or the name of
   ``runs/sweeps/<date>/<time>_<name>/NNN/``. The folder also holds ``sweep.yaml`` (the spec),
   ``sweep.jsonl`` (one record per run: parameters, status, metric, run directory) and
   ``summary.json`` (the best run). A run that fails or diverges is recorded and the sweep goes
-  on; a run refused as bad input (exit 2) stops the sweep.
+  on; a run refused as bad input (exit 2) stops the sweep. ``bioplaus sweep --resume SWEEP_DIR``
+  continues a local sweep that was stopped: it replays the recorded runs to the sweep engine,
+  continues a run that was cut off from its checkpoint, and goes on.
 
 OVERRIDES after FILE apply to every run (``device=cuda``, ``data.root=DIR``).
 """
@@ -33,7 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bioplaus.errors import UsageError
+from bioplaus.errors import RunFailed, UsageError
 
 SWEEP_DIR = Path(str(resources.files("bioplaus.configs") / "sweeps"))
 METHODS = ("grid", "random", "bayes")
@@ -162,69 +164,140 @@ def _best(records: list[dict[str, Any]], goal: str) -> dict[str, Any] | None:
     return (max if goal == "maximize" else min)(scored, key=lambda r: r["metric"])
 
 
-def run_local(path: Path, spec: dict[str, Any], count: int | None, extra_overrides: list[str],
-              runs_root: Path, seed: int = 0) -> Path:
+def start_local(path: Path, spec: dict[str, Any], count: int | None, extra_overrides: list[str],
+                runs_root: Path, seed: int = 0) -> Path:
     """Run the sweep here, one ``bioplaus run`` subprocess per proposed run; returns its folder."""
-    import numpy as np
     import yaml
 
-    sweeps = _sweeps_package()
-    metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
-    # the logger of the spec's command is for W&B-hosted sweeps; locally the runs log to disk
-    fixed = [a for a in fixed_args(spec) if not a.startswith("logger=")]
     now = dt.datetime.now()
     sweep_dir = runs_root / "sweeps" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{path.stem}"
     sweep_dir.mkdir(parents=True, exist_ok=False)
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    # random and bayes proposals draw from Python's and numpy's global generators
-    random.seed(seed)
-    np.random.seed(seed)
-    proposed: list[Any] = []
-    records: list[dict[str, Any]] = []
-    total = str(count) if count is not None else str(grid_size(spec)) if spec["method"] == "grid" else "∞"
-    while count is None or len(records) < count:
-        run = sweeps.next_run(spec, proposed)
-        if run is None:  # a grid is exhausted
+    state = {"name": path.stem, "count": count, "overrides": list(extra_overrides), "seed": seed}
+    (sweep_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    return _run_local(sweep_dir, spec, state)
+
+
+def resume_local(sweep_dir: Path, count: int | None = None) -> Path:
+    """Continue a local sweep that was stopped: recorded runs are kept, a run that was cut off
+    continues from its checkpoint, and the sweep goes on to its count (or ``count``)."""
+    import yaml
+
+    if not (sweep_dir / "sweep.yaml").is_file() or not (sweep_dir / "state.json").is_file():
+        raise UsageError(f"'{sweep_dir}' is not a local sweep folder (it needs sweep.yaml and state.json).")
+    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    state = json.loads((sweep_dir / "state.json").read_text())
+    if count is not None:
+        state["count"] = count
+    print(f"sweep {state['name']}: resuming {sweep_dir}", flush=True)
+    return _run_local(sweep_dir, spec, state)
+
+
+def _read_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The runs recorded so far (a line cut off by a kill is dropped; its run is done again)."""
+    path = sweep_dir / "sweep.jsonl"
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
             break
-        index = len(records)
-        run_dir = sweep_dir / f"{index:03d}"
-        overrides = overrides_of(run.config)
-        print(f"sweep {path.stem}: run {index + 1}/{total}: {' '.join(overrides)}", flush=True)
-        cmd = [sys.executable, "-m", "bioplaus", "run", *fixed, *overrides, *extra_overrides,
-               f"hydra.run.dir={run_dir}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 2:
-            message = proc.stderr.strip().removeprefix("bioplaus: error: ")
-            raise UsageError(f"run {index + 1} of sweep {path.stem} was refused ({' '.join(overrides)}): "
-                             f"{message}")
-        summary_file = run_dir / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        value = _metric_of(summary, metric)
-        status = summary.get("status", "failed" if proc.returncode else "completed")
-        if proc.returncode == 0 and summary and metric not in summary:
-            numbers = ", ".join(k for k, v in summary.items() if isinstance(v, float))
-            raise UsageError(f"sweep {path.stem}: metric '{metric}' is not in the runs' summary.json; "
-                             f"keys there: {numbers}.")
-        run.state = sweeps.RunState.finished if value is not None else sweeps.RunState.failed
-        run.summary_metrics = {metric: value} if value is not None else {}
+    if path.is_file():
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def _run_local(sweep_dir: Path, spec: dict[str, Any], state: dict[str, Any]) -> Path:
+    import numpy as np
+
+    sweeps = _sweeps_package()
+    name, count, extra_overrides = state["name"], state["count"], state["overrides"]
+    metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
+    # the logger of the spec's command is for W&B-hosted sweeps; locally the runs log to disk
+    fixed = [a for a in fixed_args(spec) if not a.startswith("logger=")]
+    # random and bayes proposals draw from Python's and numpy's global generators
+    random.seed(state["seed"])
+    np.random.seed(state["seed"])
+    records = _read_records(sweep_dir)
+    proposed: list[Any] = []
+    for record in records:  # replay the proposals, so a resumed sweep proposes what it would have
+        run = sweeps.next_run(spec, proposed)
+        config = {k: {"value": v} for k, v in record["parameters"].items()}
+        if run is None or run.config != config:
+            run = sweeps.SweepRun(config=config)
+        _finish(sweeps, run, metric, record["metric"])
         proposed.append(run)
-        record = {"index": index, "parameters": {k: e["value"] for k, e in run.config.items()},
-                  "status": status, "metric": value, "test_accuracy": summary.get("test_accuracy"),
-                  "train_seconds": summary.get("train_seconds"), "run_dir": str(run_dir)}
-        if status != "completed":
-            record["reason"] = summary.get("reason") or proc.stderr.strip()[-500:]
-        records.append(record)
-        with (sweep_dir / "sweep.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        shown = "—" if value is None else f"{value:.4f}"
-        print(f"  {status}: {metric} {shown}", flush=True)
+    total = str(count) if count is not None else str(grid_size(spec)) if spec["method"] == "grid" else "∞"
+    try:
+        while count is None or len(records) < count:
+            run = sweeps.next_run(spec, proposed)
+            if run is None:  # a grid is exhausted
+                break
+            index = len(records)
+            run_dir = sweep_dir / f"{index:03d}"
+            overrides = overrides_of(run.config)
+            print(f"sweep {name}: run {index + 1}/{total}: {' '.join(overrides)}", flush=True)
+            record = {"parameters": {k: e["value"] for k, e in run.config.items()},
+                      **_run_one(run_dir, [*fixed, *overrides, *extra_overrides], metric, name, index)}
+            _finish(sweeps, run, metric, record["metric"])
+            proposed.append(run)
+            records.append(record)
+            with (sweep_dir / "sweep.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            shown = "—" if record["metric"] is None else f"{record['metric']:.4f}"
+            print(f"  {record['status']}: {metric} {shown}", flush=True)
+    except KeyboardInterrupt:
+        raise RunFailed(f"sweep {name} interrupted after {len(records)} runs; continue it with "
+                        f"`bioplaus sweep --resume {sweep_dir}`.", status="interrupted",
+                        run_dir=str(sweep_dir)) from None
     best = _best(records, goal)
     (sweep_dir / "summary.json").write_text(json.dumps(
-        {"sweep": path.stem, "method": spec["method"], "metric": metric, "goal": goal, "seed": seed,
+        {"sweep": name, "method": spec["method"], "metric": metric, "goal": goal, "seed": state["seed"],
          "runs": len(records), "completed": sum(r["status"] == "completed" for r in records),
          "best": best}, indent=2) + "\n")
     _print_table(records, metric, best)
     return sweep_dir
+
+
+def _finish(sweeps: Any, run: Any, metric: str, value: float | None) -> None:
+    """Tell the sweep engine how a run ended (bayes fits its model to these)."""
+    run.state = sweeps.RunState.finished if value is not None else sweeps.RunState.failed
+    run.summary_metrics = {metric: value} if value is not None else {}
+
+
+def _run_one(run_dir: Path, overrides: list[str], metric: str, name: str, index: int) -> dict[str, Any]:
+    """One run of the sweep into ``run_dir``: a new `bioplaus run`, or, where a run was cut off
+    there, its continuation from the checkpoint. Returns its record, less the parameters."""
+    import shutil
+
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if summary.get("status") in ("completed", "diverged", "failed"):
+        returncode, stderr = 0, ""  # it ended before the sweep could record it
+    else:
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            cmd = ["run", f"trainer.resume={run_dir}"]
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cmd = ["run", *overrides, f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run([sys.executable, "-m", "bioplaus", *cmd], capture_output=True, text=True)
+        returncode, stderr = proc.returncode, proc.stderr
+        if returncode == 2:
+            message = stderr.strip().removeprefix("bioplaus: error: ")
+            raise UsageError(f"run {index + 1} of sweep {name} was refused ({' '.join(overrides)}): "
+                             f"{message}")
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if returncode == 0 and summary and metric not in summary:
+        numbers = ", ".join(k for k, v in summary.items() if isinstance(v, float))
+        raise UsageError(f"sweep {name}: metric '{metric}' is not in the runs' summary.json; "
+                         f"keys there: {numbers}.")
+    status = summary.get("status", "failed" if returncode else "completed")
+    record = {"index": index, "status": status, "metric": _metric_of(summary, metric),
+              "test_accuracy": summary.get("test_accuracy"), "train_seconds": summary.get("train_seconds"),
+              "run_dir": str(run_dir)}
+    if status != "completed":
+        record["reason"] = summary.get("reason") or stderr.strip()[-500:]
+    return record
 
 
 def _print_table(records: list[dict[str, Any]], metric: str, best: dict[str, Any] | None) -> None:

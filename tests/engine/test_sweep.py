@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -193,3 +195,45 @@ def test_format_value_writes_hydra_syntax() -> None:
         ["a=[1,2]", "b=null", "c=true", "d=0.5"]
     with pytest.raises(UsageError, match="no sweep file"):
         sweep_module.resolve("definitely_not_a_sweep")
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """SIGKILL to the sweep and its run inside run 2 of 3; --resume keeps run 1, continues run 2
+    from its checkpoint and runs run 3."""
+    spec = write_spec(tmp_path, "grid", {**QUICK, "trainer.batch_size": {"value": 8},
+                                         "trainer.epochs": {"value": 6},
+                                         "learner.lr": {"values": [1e-3, 2e-3, 3e-3]}})
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "bioplaus", "sweep", str(spec), "--local",
+                             f"paths.runs={runs}", "threads=1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    second = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(runs.glob("sweeps/*/*/001/metrics.jsonl"))
+        if found and found[0].read_text().count("\n") >= 2:  # two epochs of run 2 written
+            second = found[0].parent
+            break
+        time.sleep(0.05)
+    assert second is not None and proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sweep_dir = second.parent
+    assert len(records_of(sweep_dir)) == 1 and not (second / "summary.json").exists()
+    first_summary = (sweep_dir / "000" / "summary.json").read_text()
+
+    result = run_cli("sweep", "--resume", str(sweep_dir))
+    assert result.returncode == 0, result.stderr
+    assert last_line(result.stdout) == str(sweep_dir)
+    records = records_of(sweep_dir)
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [r["parameters"]["learner.lr"] for r in records] == [1e-3, 2e-3, 3e-3]
+    assert all(r["status"] == "completed" for r in records)
+    assert (sweep_dir / "000" / "summary.json").read_text() == first_summary  # not run again
+    epochs = [json.loads(line)["epoch"] for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # continued from its checkpoint, no epoch twice
+
+    again = run_cli("sweep", "--resume", str(sweep_dir), "learner.lr=1")
+    assert again.returncode == 2 and "takes no FILE or overrides" in again.stderr
+    missing = run_cli("sweep", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "not a local sweep folder" in missing.stderr
