@@ -1,4 +1,4 @@
-"""Activation memory of one training step: backprop against local_aux (dgl, infopro).
+"""Activation memory of one training step: backprop against local_aux (dgl, infopro, auglocal).
 
 For each net (Fashion-MNIST-shaped input, batch ``--batch``), one training step of each learner
 runs inside `bioplaus.functional.SavedActivationMeter`, which counts the bytes of the distinct
@@ -33,12 +33,14 @@ TASK = Task((1, 28, 28), 10)
 NETS = {
     "mlp 784-1000-1000-1000": lambda: MLP(TASK, (1000, 1000, 1000)),
     "mlp 784-2000×4": lambda: MLP(TASK, (2000, 2000, 2000, 2000)),
+    "mlp 784-1000×8": lambda: MLP(TASK, (1000,) * 8),
     "cnn conv 32-64-128 → 256": lambda: CNN(TASK, channels=(32, 64, 128), hidden=(256,)),
 }
 LEARNERS = {
     "backprop": lambda c: Backprop(c, TASK),
     "local_aux dgl": lambda c: LocalAux(c, TASK, aux="dgl"),
     "local_aux infopro": lambda c: LocalAux(c, TASK, aux="infopro"),
+    "local_aux auglocal": lambda c: LocalAux(c, TASK, aux="auglocal"),
 }
 
 

@@ -4,6 +4,8 @@ auxiliary net of its own.
 Belilovsky, Eickenberg & Oyallon, "Decoupled Greedy Learning of CNNs", ICML 2020 (``aux=dgl``).
 Wang, Ni, Song, Yang & Huang, "Revisiting Locally Supervised Learning: an Alternative to End-to-end
 Training", ICLR 2021 (InfoPro, ``aux=infopro``).
+Ma, Wu, Liu, Zhang, Liu & Tan, "Scaling Supervised Local Learning with Augmented Auxiliary
+Networks", ICLR 2024 (AugLocal, ``aux=auglocal``).
 
 The circuit's blocks are cut into K contiguous modules F_1 … F_K (``modules``; default one module
 per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-gradient:
@@ -11,6 +13,7 @@ per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-
     h_k = F_k(sg(h_{k−1}))
     L_k = CE(A_k(h_k), y)                                   aux=dgl,      k < K
     L_k = CE(A_k(h_k), y) + λ·mean((D_k(h_k) − x)²)         aux=infopro,  k < K
+    L_k = CE(A_k(G_k(h_k)), y)                              aux=auglocal, k < K
     L_K = CE(h_K, y)                                        the circuit's head, no auxiliary net
 
 A_k is the auxiliary classifier of module k: on a feature map, average pooling to
@@ -25,7 +28,8 @@ forward, so autograd holds the activations of one module (with its auxiliary net
 where backprop holds every block's until its single backward. `saved_activation_peak` in
 ``bioplaus.functional`` measures the difference; ``benchmarks/local_aux_memory.py`` reports it.
 
-Options (``learner.*`` keys): ``aux`` dgl | infopro; ``modules`` K (null: one per block);
+Options (``learner.*`` keys): ``aux`` dgl | infopro | auglocal; ``aux_depth``, ``depth_decay``
+(auglocal); ``modules`` K (null: one per block);
 ``aux_hidden`` widths of the auxiliary classifier's hidden layers; ``aux_pool``; ``recon_weight``
 λ of InfoPro's reconstruction term; ``optimizer``, ``lr``, ``weight_decay``, ``momentum``: one
 optimizer over every module and auxiliary net (each parameter still gets only its own module's
@@ -36,7 +40,8 @@ Choices the papers leave to the implementation, ours: the auxiliary classifier's
 ``aux_hidden`` restores the MLP); InfoPro's weighting is one λ for every module (the paper
 schedules the two terms with depth); InfoPro's decoder reconstructs the normalised input
 itself, and its second (mutual information with the label) term is the auxiliary classifier's
-cross-entropy, as in the paper's practical form.
+cross-entropy, as in the paper's practical form; AugLocal picks "uniformly" as evenly spaced
+blocks ending with the last hidden one. MAN (Su et al. 2024) is not implemented.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
 from bioplaus.registry import register_learner
 
-AUX_KINDS = ("dgl", "infopro")
+AUX_KINDS = ("dgl", "infopro", "auglocal")
 
 
 def split_into_modules(num_blocks: int, modules: int | None) -> list[range]:
@@ -114,6 +119,39 @@ def infopro_loss(logits: Tensor, y: Tensor, reconstruction: Tensor, x: Tensor, w
     return F.cross_entropy(logits, y) + weight * F.mse_loss(reconstruction, x)
 
 
+def auglocal_depths(blocks_after: Sequence[int], depth: int, decay: float) -> list[int]:
+    """d_k of each hidden module k = 1..K−1: round(depth·(1 − decay·(k−1)/(K−2))), at least 1 and
+    at most ``blocks_after[k−1]`` (the hidden blocks after module k; 0 gives 0)."""
+    count = len(blocks_after)
+    depths = []
+    for k, available in enumerate(blocks_after):
+        planned = depth * (1.0 - decay * k / max(1, count - 1))
+        depths.append(min(available, max(1, round(planned))) if available else 0)
+    return depths
+
+
+def pick_uniformly(candidates: Sequence[int], d: int) -> list[int]:
+    """``d`` evenly spaced entries of ``candidates``, the last one included."""
+    n = len(candidates)
+    return [candidates[round((i + 1) * n / d) - 1] for i in range(d)]
+
+
+def fresh_copy(block: nn.Module, in_shape: Sequence[int]) -> nn.Module:
+    """A new block of ``block``'s kind and width, newly initialised, taking inputs of ``in_shape``."""
+    from bioplaus.circuits.cnn import ConvBlock
+    from bioplaus.circuits.mlp import Dense
+
+    if isinstance(block, Dense):
+        return Dense(math.prod(in_shape), block.out_features, block.activation_name,
+                     bias=block.linear.bias is not None)
+    if isinstance(block, ConvBlock) and len(in_shape) == 3:
+        copy = ConvBlock(in_shape[0], block.conv.out_channels, block.conv.kernel_size[0], "relu", 1,
+                         block.conv.bias is not None, "default")
+        copy.act, copy.pool = block.act, block.pool  # the block's own activation and pooling
+        return copy
+    raise UsageError(f"aux=auglocal cannot copy a block of kind {type(block).__name__}.")
+
+
 @register_learner
 class LocalAux(Learner):
     """Gradient-isolated modules, each trained by its own auxiliary classifier (and decoder)."""
@@ -123,8 +161,8 @@ class LocalAux(Learner):
 
     def __init__(self, circuit: Circuit, task: Task, aux: str = "dgl", modules: int | None = None,
                  aux_hidden: Sequence[int] = (), aux_pool: int = 2, recon_weight: float = 1.0,
-                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
-                 momentum: float = 0.9):
+                 aux_depth: int = 2, depth_decay: float = 0.5, optimizer: str = "adam",
+                 lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
         super().__init__(circuit, task)
         if aux not in AUX_KINDS:
             raise UsageError(f"learner.aux must be one of {', '.join(AUX_KINDS)}; got '{aux}'.")
@@ -132,6 +170,10 @@ class LocalAux(Learner):
             raise UsageError(f"learner.aux_pool must be a positive integer; got {aux_pool!r}.")
         if recon_weight < 0 or weight_decay < 0:
             raise UsageError("learner.recon_weight and learner.weight_decay must be ≥ 0.")
+        if isinstance(aux_depth, bool) or not isinstance(aux_depth, int) or aux_depth < 1:
+            raise UsageError(f"learner.aux_depth must be a positive integer; got {aux_depth!r}.")
+        if not 0.0 <= depth_decay <= 1.0:
+            raise UsageError(f"learner.depth_decay must lie in [0, 1]; got {depth_decay}.")
         if any(int(h) < 1 for h in aux_hidden):
             raise UsageError(f"learner.aux_hidden widths must be positive; got {list(aux_hidden)}.")
         task.require_classification("local_aux")
@@ -141,15 +183,41 @@ class LocalAux(Learner):
 
         device = next(circuit.parameters()).device
         shapes = self._module_output_shapes(device)
-        self.classifiers = nn.ModuleList(
-            AuxClassifier(shape, task.num_classes, aux_hidden, aux_pool) for shape in shapes[:-1]
-        ).to(device)
+        if aux == "auglocal":
+            self.aux_blocks = self._auglocal_block_choice(aux_depth, depth_decay)
+            self.classifiers = nn.ModuleList(
+                self._auglocal_net(chosen, shape, aux_hidden, aux_pool)
+                for chosen, shape in zip(self.aux_blocks, shapes[:-1], strict=True)
+            ).to(device)
+        else:
+            self.classifiers = nn.ModuleList(
+                AuxClassifier(shape, task.num_classes, aux_hidden, aux_pool) for shape in shapes[:-1]
+            ).to(device)
         self.decoders = nn.ModuleList(
             InputDecoder(shape, task.input_shape) for shape in shapes[:-1]
         ).to(device) if aux == "infopro" else nn.ModuleList()
         self.optimizer = self.add_optimizer(
             "local", make_optimizer(self.parameters(), optimizer, lr, weight_decay, momentum, device=device)
         )
+
+    def _auglocal_block_choice(self, depth: int, decay: float) -> list[list[int]]:
+        """The hidden blocks each hidden module's G_k copies (indices into circuit.blocks)."""
+        last_hidden = self.module_blocks[-1].start  # blocks from here on are the head's module
+        after = [list(range(blocks.stop, last_hidden)) for blocks in self.module_blocks[:-1]]
+        depths = auglocal_depths([len(a) for a in after], depth, decay)
+        return [pick_uniformly(a, d) if d else [] for a, d in zip(after, depths, strict=True)]
+
+    def _auglocal_net(self, chosen: list[int], shape: tuple[int, ...], hidden: Sequence[int],
+                      pool: int) -> nn.Sequential:
+        """G_k (fresh copies of the chosen blocks, chained from ``shape``) and its classifier A_k."""
+        layers: list[nn.Module] = []
+        h = torch.zeros(1, *shape)
+        for i in chosen:
+            layers.append(fresh_copy(self.circuit.blocks[i], h.shape[1:]))
+            with torch.no_grad():
+                h = layers[-1](h)
+        layers.append(AuxClassifier(tuple(h.shape[1:]), self.task.num_classes, hidden, pool))
+        return nn.Sequential(*layers)
 
     def _module_output_shapes(self, device: torch.device) -> list[tuple[int, ...]]:
         h = torch.zeros(1, *self.task.input_shape, device=device)
@@ -176,7 +244,7 @@ class LocalAux(Learner):
         if k == len(self.module_blocks) - 1:
             return F.cross_entropy(h_k, y)
         logits = self.classifiers[k](h_k)
-        if self.aux == "dgl":
+        if self.aux in ("dgl", "auglocal"):
             return F.cross_entropy(logits, y)
         return infopro_loss(logits, y, self.decoders[k](h_k), x, self.recon_weight)
 
@@ -202,4 +270,7 @@ class LocalAux(Learner):
         return self.circuit(x)
 
     def rule_metrics(self) -> dict[str, object]:
-        return {"modules": len(self.module_blocks), "aux": self.aux}
+        metrics: dict[str, object] = {"modules": len(self.module_blocks), "aux": self.aux}
+        if self.aux == "auglocal":
+            metrics["aux_depths"] = [len(chosen) for chosen in self.aux_blocks]
+        return metrics

@@ -15,7 +15,13 @@ from bioplaus.data import from_raw, load_digits, train_batches
 from bioplaus.errors import UsageError
 from bioplaus.functional import SavedActivationMeter, saved_activation_peak
 from bioplaus.learners.backprop import Backprop
-from bioplaus.learners.local_aux import LocalAux, split_into_modules
+from bioplaus.learners.local_aux import (
+    LocalAux,
+    auglocal_depths,
+    fresh_copy,
+    pick_uniformly,
+    split_into_modules,
+)
 
 
 def set_linear(linear: torch.nn.Linear, weight: list, bias: list) -> None:
@@ -69,7 +75,35 @@ def three_module_net(aux="dgl") -> LocalAux:
     return LocalAux(MLP(task, (5, 4)), task, aux=aux)
 
 
-@pytest.mark.parametrize("aux", ["dgl", "infopro"])
+def test_auglocal_depths_and_choice_by_hand():
+    # d_k = round(4·(1 − 0.5·k/2)) for k = 0, 1, 2: 4, 3, 2; capped by the blocks left
+    assert auglocal_depths([6, 5, 4], 4, 0.5) == [4, 3, 2]
+    assert auglocal_depths([6, 2, 0], 4, 0.5) == [4, 2, 0]
+    assert auglocal_depths([3, 3, 3], 2, 0.0) == [2, 2, 2]
+    assert pick_uniformly([3, 4, 5, 6], 2) == [4, 6]
+    assert pick_uniformly([3, 4, 5, 6], 1) == [6]
+    assert pick_uniformly([3, 4, 5, 6], 4) == [3, 4, 5, 6]
+
+
+def test_auglocal_copies_later_blocks_afresh():
+    torch.manual_seed(0)
+    task = Task((6,), 3)
+    circuit = MLP(task, (5, 7, 7, 4))
+    learner = LocalAux(circuit, task, aux="auglocal", aux_depth=2, depth_decay=0.5)
+    # hidden modules 1..4 have 3, 2, 1, 0 hidden blocks after them; depths round(2·(1 − 0.5·k/3))
+    assert learner.aux_blocks == [[2, 3], [2, 3], [3], []]
+    first = learner.classifiers[0]
+    assert [m.out_features for m in first[:2]] == [7, 4]
+    assert first[0].linear.in_features == 5  # chained from module 1's output, not block 2's input
+    assert not torch.equal(first[1].linear.weight, circuit.blocks[3].linear.weight)  # fresh weights
+    assert len(learner.classifiers[3]) == 1  # the last hidden module: the classifier alone
+    conv = CNN(Task((1, 8, 8), 3), channels=(4, 6))
+    copy = fresh_copy(conv.blocks[1], (2, 8, 8))
+    assert copy.conv.in_channels == 2 and copy.conv.out_channels == 6
+    assert copy(torch.zeros(1, 2, 8, 8)).shape == (1, 6, 4, 4)
+
+
+@pytest.mark.parametrize("aux", ["dgl", "infopro", "auglocal"])
 def test_a_module_loss_reaches_only_its_module(aux):
     learner = three_module_net(aux)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
@@ -146,7 +180,8 @@ def test_local_modules_hold_less_activation_memory_than_backprop():
 
 def test_bad_options():
     task = Task((6,), 3)
-    for kw, needle in [({"aux": "auglocal"}, r"learner\.aux"), ({"aux_pool": 0}, "aux_pool"),
+    for kw, needle in [({"aux": "man"}, r"learner\.aux"), ({"aux_pool": 0}, "aux_pool"),
+                       ({"aux_depth": 0}, "aux_depth"), ({"depth_decay": 1.5}, "depth_decay"),
                        ({"recon_weight": -1.0}, "recon_weight"), ({"aux_hidden": [0]}, "aux_hidden"),
                        ({"modules": 9}, r"learner\.modules")]:
         with pytest.raises(UsageError, match=needle):
@@ -168,7 +203,7 @@ def fit(learner, data, epochs, batch_size=64):
     return float((learner.predict(data.test_x).argmax(1) == data.test_y).float().mean())
 
 
-@pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93)])
+@pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93), ("auglocal", 0.95)])
 def test_learns_digits_mlp(digits, aux, floor):
     torch.manual_seed(0)
     learner = LocalAux(MLP(digits.task, (256, 256)), digits.task, aux=aux)
