@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import bioplaus
+from bioplaus.bench import save_results
 from bioplaus.tracking import machine_description
 
 HERE = Path(__file__).resolve().parent
@@ -95,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), file=sys.stderr)
     payload.update(machine=machine_description(torch.device("cuda")), torch=torch.__version__,
                    epochs=args.epochs, updated=dt.date.today().isoformat())
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(out_json.with_suffix(".md"), payload)
-    print(out_json.with_suffix(".md"))
+    print(save_results(out_json, payload, write_markdown))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bioplaus.bench import save_results
 from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row))
     payload = {"machine": machine_description(device), "torch": torch.__version__, "batch": args.batch,
                "cuda": device.type == "cuda", "updated": dt.date.today().isoformat(), "rows": rows}
-    out = HERE / "results" / "local_aux_memory.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(out.with_suffix(".md"), payload)
-    print(out.with_suffix(".md"))
+    print(save_results(HERE / "results" / "local_aux_memory.json", payload, write_markdown))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,17 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def save_results(out_json: Path, payload: dict[str, Any],
+                 render: Callable[[Path, dict[str, Any]], None]) -> Path:
+    """Write ``payload`` to ``out_json`` and its Markdown table (``render``) beside it; returns the
+    Markdown file. Shared by `bioplaus bench` and the scripts in ``benchmarks/``."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(payload, indent=2) + "\n")
+    markdown = out_json.with_suffix(".md")
+    render(markdown, payload)
+    return markdown
+
+
 def _parse(args: list[str], default_experiments: list[str], out: Path) -> dict[str, Any]:
     options: dict[str, Any] = {"experiments": [], "overrides": [], "seeds": [], "name": "bench",
                                "title": None, "out": out, "runs": Path("runs") / "bench",
@@ -247,8 +259,4 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         machine="; ".join(sorted({r["machine"] for r in payload["rows"]})) or machine_description(device),
         updated=dt.date.today().isoformat(),
     )
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(payload, indent=2) + "\n")
-    markdown = out_json.with_suffix(".md")
-    write_markdown(markdown, payload)
-    return markdown
+    return save_results(out_json, payload, write_markdown)

@@ -62,3 +62,19 @@ def forbid_host_reads(monkeypatch: Any) -> None:
 
     for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
         monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def fit(learner: Any, data: Any, epochs: int, batch_size: int = 64) -> dict[str, float]:
+    """Train ``learner`` on ``data`` with `Learner.train_step` (seeded batch order, epoch-end hook)
+    and return the test accuracy of each of its readouts."""
+    import torch
+
+    from bioplaus.data import train_batches
+
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        for x, y in train_batches(data.train_x, data.train_y, batch_size, generator):
+            learner.train_step(x, y)
+        learner.on_epoch_end(epoch)
+    return {k: float((s.argmax(1) == data.test_y).float().mean())
+            for k, s in learner.predictions(data.test_x).items()}

@@ -11,7 +11,6 @@ import torch
 from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
-from bioplaus.data import from_raw, load_digits, train_batches
 from bioplaus.errors import UsageError
 from bioplaus.functional import SavedActivationMeter, saved_activation_peak
 from bioplaus.learners.backprop import Backprop
@@ -22,6 +21,7 @@ from bioplaus.learners.local_aux import (
     pick_uniformly,
     split_into_modules,
 )
+from tests.helpers import fit
 
 
 def set_linear(linear: torch.nn.Linear, weight: list, bias: list) -> None:
@@ -190,31 +190,18 @@ def test_bad_options():
         LocalAux(MLP(task, (5, 4), head=False), task)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return from_raw(load_digits(), name="digits", seed=0)
-
-
-def fit(learner, data, epochs, batch_size=64):
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for x, y in train_batches(data.train_x, data.train_y, batch_size, generator):
-            learner.train_step(x, y)
-    return float((learner.predict(data.test_x).argmax(1) == data.test_y).float().mean())
-
-
 @pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93), ("auglocal", 0.95)])
 def test_learns_digits_mlp(digits, aux, floor):
     torch.manual_seed(0)
     learner = LocalAux(MLP(digits.task, (256, 256)), digits.task, aux=aux)
-    assert fit(learner, digits, epochs=15) >= floor
+    assert fit(learner, digits, epochs=15)[""] >= floor
 
 
 def test_learns_digits_cnn(digits):
     torch.manual_seed(0)
     learner = LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
     assert [c.pool.output_size for c in learner.classifiers] == [2, 2]
-    assert fit(learner, digits, epochs=10) >= 0.9
+    assert fit(learner, digits, epochs=10)[""] >= 0.9
 
 
 def test_config_keys_match_constructor():

@@ -9,11 +9,10 @@ import torch
 from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
-from bioplaus.data import from_raw, load_digits, train_batches
 from bioplaus.errors import UsageError
 from bioplaus.learners.mono_forward import MonoForward
 from bioplaus.registry import get_learner
-from tests.helpers import capture_train_step
+from tests.helpers import capture_train_step, fit
 
 
 def tiny(hidden=(5,), classes=3, features=4, **kw) -> MonoForward:
@@ -178,21 +177,6 @@ def test_readouts(readout):
 def test_bad_options_are_usage_errors(kw):
     with pytest.raises(UsageError):
         tiny(**kw)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return from_raw(load_digits(), name="digits", seed=0)
-
-
-def fit(learner, data, epochs, batch_size=64):
-    generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
-        for x, y in train_batches(data.train_x, data.train_y, batch_size, generator):
-            learner.train_step(x, y)
-        learner.on_epoch_end(epoch)
-    return {k: float((s.argmax(1) == data.test_y).float().mean())
-            for k, s in learner.predictions(data.test_x).items()}
 
 
 def test_learns_digits_mlp(digits):
