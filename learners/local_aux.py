@@ -4,8 +4,8 @@ auxiliary net of its own.
 Belilovsky, Eickenberg & Oyallon, "Decoupled Greedy Learning of CNNs", ICML 2020 (``aux=dgl``).
 Wang, Ni, Song, Yang & Huang, "Revisiting Locally Supervised Learning: an Alternative to End-to-end
 Training", ICLR 2021 (InfoPro, ``aux=infopro``).
-Ma, Wu, Liu, Zhang, Liu & Tan, "Scaling Supervised Local Learning with Augmented Auxiliary
-Networks", ICLR 2024 (AugLocal, ``aux=auglocal``).
+Ma et al., "Scaling Supervised Local Learning with Augmented Auxiliary Networks", ICLR 2024
+(AugLocal, ``aux=auglocal``).
 
 The circuit's blocks are cut into K contiguous modules F_1 … F_K (``modules``; default one module
 per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-gradient:
@@ -23,6 +23,13 @@ flattened input for a vector; for a feature map, a 3×3 convolution to the input
 bilinear upsampling to its height and width (convolving first keeps the decoder's own activations
 small). (F_k, A_k, D_k) get the gradient of L_k only.
 
+AugLocal's G_k is a chain of fresh copies (new weights, same kind and width) of d_k blocks picked
+uniformly from the hidden blocks after module k, ending with the last hidden block; its depth
+falls linearly with the module's position, d_k = round(d·(1 − τ·(k−1)/(K−2))) for the K−1 hidden
+modules, at least 1 and at most the blocks left (``aux_depth`` d, ``depth_decay`` τ = 0.5); the
+last hidden module has no block after it and its G is empty. A copy's input width follows the
+block before it in G_k (a copy of a sparse g2g block is a dense block of the same width).
+
 Memory. `train_step` runs module after module and calls backward on L_k before module k+1 runs
 forward, so autograd holds the activations of one module (with its auxiliary net) at a time,
 where backprop holds every block's until its single backward. `saved_activation_peak` in
@@ -35,12 +42,11 @@ Options (``learner.*`` keys): ``aux`` dgl | infopro | auglocal; ``aux_depth``, `
 optimizer over every module and auxiliary net (each parameter still gets only its own module's
 gradient).
 
-Choices the papers leave to the implementation, ours: the auxiliary classifier's shape above
-(DGL pools to 2×2 and uses a small MLP; we default to a linear map after the pooling, and
-``aux_hidden`` restores the MLP); InfoPro's weighting is one λ for every module (the paper
-schedules the two terms with depth); InfoPro's decoder reconstructs the normalised input
-itself, and its second (mutual information with the label) term is the auxiliary classifier's
-cross-entropy, as in the paper's practical form; AugLocal picks "uniformly" as evenly spaced
+Choices of ours where the papers' networks do not carry over to these circuits: the auxiliary
+classifier's shape above (a linear map after the pooling by default; ``aux_hidden`` adds dense
+layers); one weight λ of InfoPro's reconstruction term for every module; InfoPro's decoder
+reconstructs the normalised input itself, and its second (mutual information with the label)
+term is the auxiliary classifier's cross-entropy; AugLocal picks "uniformly" as evenly spaced
 blocks ending with the last hidden one. MAN (Su et al. 2024) is not implemented.
 """
 
