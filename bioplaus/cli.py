@@ -108,8 +108,11 @@ def _task(cfg: Any) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     existed = run_dir.exists() and any(run_dir.iterdir())
+    # a folder named on the command line is the user's; the dated default may be taken by a run
+    # that started in the same second, and then this run takes a sibling <name>_2
+    pinned = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
     try:
-        summary = train(cfg, run_dir=run_dir)
+        summary = train(cfg, run_dir=run_dir, unique_run_dir=not pinned)
     except UsageError as e:
         if not existed and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)

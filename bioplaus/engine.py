@@ -8,6 +8,7 @@ run directory of DESIGN.md §4.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import random
 import signal
@@ -115,14 +116,28 @@ def _accuracy_keys(prefix: str, accs: dict[str, float]) -> dict[str, float]:
 
 
 def default_run_dir(cfg: Any, data_name: str | None = None) -> Path:
+    """``paths.runs/<date>/<time>_<learner>_<circuit>_<data>`` for a run starting now."""
     now = dt.datetime.now()
     name = f"{now:%H-%M-%S}_{cfg.learner.name}_{cfg.circuit.name}_{data_name or cfg.data.name}"
-    path = Path(str(cfg.paths.runs)) / f"{now:%Y-%m-%d}" / name
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = path.with_name(f"{name}_{suffix}")
-    return path
+    return Path(str(cfg.paths.runs)) / f"{now:%Y-%m-%d}" / name
+
+
+def claim_run_dir(path: Path, *, unique: bool) -> Path:
+    """Take ``path`` for a new run. Its ``config.yaml`` is created exclusively, so two runs never
+    share a folder, even when they start in the same second. If another run holds ``path``, then
+    with ``unique`` the first free sibling ``<name>_2``, ``<name>_3``, … is taken; otherwise
+    (a folder the user pinned) this raises `UsageError`."""
+    for n in itertools.count(1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        candidate.mkdir(parents=True, exist_ok=True)
+        try:
+            (candidate / "config.yaml").open("x").close()
+            return candidate
+        except FileExistsError:
+            if not unique:
+                raise UsageError(f"{candidate} already holds a run (config.yaml). Continue it with "
+                                 f"trainer.resume={candidate}, or choose another folder.") from None
+    raise AssertionError("unreachable")
 
 
 class _Stop(Exception):
@@ -136,10 +151,12 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 
 def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | None = None,
-          quiet: bool = False) -> dict[str, Any]:
+          quiet: bool = False, unique_run_dir: bool = False) -> dict[str, Any]:
     """Run the composed config to the end and return the summary dict (also in ``summary.json``).
 
-    ``run_dir`` pins the run directory (default ``paths.runs/<date>/<time>_<learner>_<circuit>_<data>``).
+    ``run_dir`` pins the run directory (default ``paths.runs/<date>/<time>_<learner>_<circuit>_<data>``,
+    with ``_2``, ``_3``, … when another run started in the same second); a pinned folder that
+    already holds a run is a `UsageError` unless ``unique_run_dir`` lets the run take a sibling.
     With ``trainer.resume=RUN_DIR`` the run continues in RUN_DIR from its last checkpoint, with
     the configuration saved there. Raises `UsageError` for bad input (nothing is written) and
     `RunFailed` for a run that diverged or failed (its summary says why).
@@ -148,13 +165,13 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | Non
 
     resume = cfg.trainer.get("resume")
     validate(cfg, check_data=data is None, check_paths=not resume)
+    built = build(cfg, data)  # usage errors surface here, before the run directory exists
     if resume:
         run_path = Path(str(resume))
+    elif run_dir is not None:
+        run_path = claim_run_dir(Path(run_dir), unique=unique_run_dir)
     else:
-        run_path = Path(run_dir) if run_dir is not None else default_run_dir(
-            cfg, data.name if data is not None else None)
-    built = build(cfg, data)  # usage errors surface here, before the run directory exists
-    run_path.mkdir(parents=True, exist_ok=True)
+        run_path = claim_run_dir(default_run_dir(cfg, data.name if data is not None else None), unique=True)
     OmegaConf.save(cfg, run_path / "config.yaml", resolve=True)
     return _Loop(cfg, run_path, built, quiet=quiet, resume=bool(resume)).run()
 

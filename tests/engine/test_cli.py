@@ -133,3 +133,26 @@ def test_compare_tabulates_runs(tmp_path: Path) -> None:
     assert "backprop" in row and "completed" in row
     missing = run_cli("compare", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
+    """The dated default folder is claimed atomically: a second run that finds it taken (same
+    learner, circuit, data and second) takes <name>_2; a pinned folder that holds a run is refused."""
+    import bioplaus
+    from bioplaus import engine
+    from bioplaus.errors import UsageError
+
+    fixed = tmp_path / "runs" / "2026-01-01" / "10-00-00_backprop_mlp_digits"
+    monkeypatch.setattr(engine, "default_run_dir", lambda cfg, data_name=None: fixed)
+    cfg = bioplaus.compose([*QUICK, "trainer.epochs=1"])
+    first = bioplaus.train(cfg, quiet=True)
+    second = bioplaus.train(cfg, quiet=True)
+    assert first["run_dir"] == str(fixed)
+    assert second["run_dir"] == str(fixed.with_name(fixed.name + "_2"))
+    assert summary_of(fixed)["status"] == summary_of(second["run_dir"])["status"] == "completed"
+    with pytest.raises(UsageError, match="already holds a run"):
+        bioplaus.train(cfg, run_dir=fixed, quiet=True)
+    assert summary_of(fixed) == first  # the pinned folder's run is untouched
+
+    result = run_cli("run", *QUICK, "trainer.epochs=1", f"hydra.run.dir={fixed}")
+    assert result.returncode == 2 and "already holds a run" in result.stderr
