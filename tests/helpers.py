@@ -78,3 +78,18 @@ def fit(learner: Any, data: Any, epochs: int, batch_size: int = 64) -> dict[str,
         learner.on_epoch_end(epoch)
     return {k: float((s.argmax(1) == data.test_y).float().mean())
             for k, s in learner.predictions(data.test_x).items()}
+
+
+def default_learner_options(name: str, cls: type) -> tuple[Any, dict[str, Any]]:
+    """The composed default config of learner ``name`` and its ``learner.*`` options, asserted to
+    be exactly ``cls``'s keyword arguments (besides circuit and task)."""
+    from omegaconf import OmegaConf
+
+    from bioplaus.config import compose, constructor_keys
+
+    cfg = compose([f"learner={name}"], check=False)
+    options = OmegaConf.to_container(cfg.learner)
+    options.pop("name")
+    names, _ = constructor_keys(cls)
+    assert set(options) == set(names) - {"circuit", "task"}
+    return cfg, options

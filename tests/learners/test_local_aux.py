@@ -21,7 +21,7 @@ from bioplaus.learners.local_aux import (
     pick_uniformly,
     split_into_modules,
 )
-from tests.helpers import fit
+from tests.helpers import default_learner_options, fit
 
 
 def set_linear(linear: torch.nn.Linear, weight: list, bias: list) -> None:
@@ -205,15 +205,6 @@ def test_learns_digits_cnn(digits):
 
 
 def test_config_keys_match_constructor():
-    from omegaconf import OmegaConf
-
-    from bioplaus.config import compose, constructor_keys
-
-    cfg = compose(["learner=local_aux"], check=False)
-    keys = {k for k in cfg.learner if k != "name"}
-    names, _ = constructor_keys(LocalAux)
-    assert keys == set(names) - {"circuit", "task"}
-    options = OmegaConf.to_container(cfg.learner)
-    options.pop("name")
+    cfg, options = default_learner_options("local_aux", LocalAux)
     task = Task((1, 8, 8), 10)
     LocalAux(MLP(task, cfg.circuit.hidden), task, **options)

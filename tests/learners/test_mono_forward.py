@@ -12,7 +12,7 @@ from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.mono_forward import MonoForward
 from bioplaus.registry import get_learner
-from tests.helpers import capture_train_step, fit
+from tests.helpers import capture_train_step, default_learner_options, fit
 
 
 def tiny(hidden=(5,), classes=3, features=4, **kw) -> MonoForward:
@@ -205,17 +205,8 @@ def test_learns_digits_cnn(digits):
 
 
 def test_config_keys_match_constructor():
-    from omegaconf import OmegaConf
-
-    from bioplaus.config import compose, constructor_keys
-
-    cfg = compose(["learner=mono_forward"], check=False)
+    cfg, options = default_learner_options("mono_forward", MonoForward)
     assert cfg.circuit.name == "mlp" and cfg.data.name == "digits"
-    keys = {k for k in cfg.learner if k != "name"}
-    names, _ = constructor_keys(MonoForward)
-    assert keys == set(names) - {"circuit", "task"}
-    options = OmegaConf.to_container(cfg.learner)
-    options.pop("name")
     task = Task((1, 8, 8), 10)
     MonoForward(MLP(task, cfg.circuit.hidden, head=False), task, **options)
 
