@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import bioplaus
-from bioplaus.bench import save_results
+from bioplaus.bench import markdown_header, save_results
 from bioplaus.tracking import machine_description
 
 HERE = Path(__file__).resolve().parent
@@ -53,13 +53,11 @@ def measure(name: str, mode: str, epochs: int, overrides: list[str], runs: Path)
 
 def write_markdown(path: Path, payload: dict) -> None:
     lines = [
-        "# Eager vs CUDA-graph training steps",
-        "",
-        f"Machine: {payload['machine']}, torch {payload['torch']}. Updated {payload['updated']}. "
-        f"Each preset ran {payload['epochs']} epochs per mode; the time is the last epoch's training "
-        "time (no evaluation, no warm-up, no capture). Test accuracy after those epochs only checks "
-        "that both modes learn alike.",
-        "",
+        *markdown_header(
+            "Eager vs CUDA-graph training steps", payload,
+            f"Each preset ran {payload['epochs']} epochs per mode; the time is the last epoch's training "
+            "time (no evaluation, no warm-up, no capture). Test accuracy after those epochs only checks "
+            "that both modes learn alike."),
         "| experiment | batches/epoch | eager s/epoch | graphed s/epoch | speed-up | eager ms/step "
         "| graphed ms/step | test acc. eager | test acc. graphed |",
         "|---|---|---|---|---|---|---|---|---|",

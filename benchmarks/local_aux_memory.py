@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bioplaus.bench import save_results
+from bioplaus.bench import markdown_header, save_results
 from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
@@ -66,14 +66,12 @@ def measure(make_net, make_learner, batch: int, device: torch.device) -> dict:
 
 def write_markdown(path: Path, payload: dict) -> None:
     lines = [
-        "# Activation memory of a training step: backprop vs local_aux",
-        "",
-        f"Machine: {payload['machine']}, torch {payload['torch']}. Updated {payload['updated']}. "
-        f"Batch {payload['batch']}, input 1×28×28, 10 classes. `saved for backward`: peak bytes of the "
-        "distinct storages autograd holds during one step (parameters excluded), the same on any "
-        "device; `vs backprop`: the ratio to backprop on the same net. local_aux runs one module per "
-        "block (the head alone last).",
-        "",
+        *markdown_header(
+            "Activation memory of a training step: backprop vs local_aux", payload,
+            f"Batch {payload['batch']}, input 1×28×28, 10 classes. `saved for backward`: peak bytes of "
+            "the distinct storages autograd holds during one step (parameters excluded), the same on "
+            "any device; `vs backprop`: the ratio to backprop on the same net. local_aux runs one "
+            "module per block (the head alone last)."),
         "| net | learner | modules | saved for backward (MiB) | vs backprop |"
         + (" CUDA step peak (MiB) |" if payload["cuda"] else ""),
         "|---|---|---|---|---|" + ("---|" if payload["cuda"] else ""),

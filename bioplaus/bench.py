@@ -155,6 +155,14 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def markdown_header(title: str, payload: dict[str, Any], protocol: str) -> list[str]:
+    """Title, then one paragraph: the machine, torch version and date of ``payload``, and the
+    protocol. The opening lines of a benchmark script's Markdown table."""
+    return [f"# {title}", "",
+            f"Machine: {payload['machine']}, torch {payload['torch']}. Updated {payload['updated']}. "
+            + protocol, ""]
+
+
 def save_results(out_json: Path, payload: dict[str, Any],
                  render: Callable[[Path, dict[str, Any]], None]) -> Path:
     """Write ``payload`` to ``out_json`` and its Markdown table (``render``) beside it; returns the

@@ -97,7 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioplaus.circuits.mlp import INITS, Dense
+from bioplaus.circuits.mlp import INITS, Dense, hidden_widths
 from bioplaus.core import Circuit, Task
 from bioplaus.errors import UsageError, check_choice
 from bioplaus.functional import activation as activation_fn
@@ -391,11 +391,7 @@ class G2G(Circuit):
                  masks: str | Sequence[Tensor] | None = None, path: str = "auto",
                  dst: dict[str, Any] | None = None, head: bool = True):
         super().__init__(task)
-        widths = [int(w) for w in hidden]
-        if not widths:
-            raise UsageError("circuit.hidden is empty: g2g needs at least one sparse hidden layer.")
-        if any(w <= 0 for w in widths):
-            raise UsageError(f"circuit.hidden widths must be positive; got {widths}.")
+        widths = hidden_widths(hidden, "circuit.hidden is empty: g2g needs at least one sparse hidden layer.")
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise UsageError(f"circuit.groups must be a positive integer; got {groups!r}.")
         if not 0.0 <= float(p_between) <= 1.0:

@@ -20,6 +20,17 @@ from bioplaus.registry import register_circuit
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
 
 
+def hidden_widths(hidden: Sequence[int], empty_message: str | None = None) -> list[int]:
+    """``circuit.hidden`` as a list of ints, each checked positive; ``empty_message`` (if given)
+    is the `UsageError` for an empty list."""
+    widths = [int(w) for w in hidden]
+    if not widths and empty_message:
+        raise UsageError(empty_message)
+    if any(w <= 0 for w in widths):
+        raise UsageError(f"circuit.hidden widths must be positive; got {widths}.")
+    return widths
+
+
 def initialise(weight: Tensor, bias: Tensor | None, init: str, fan_in: int | None = None) -> None:
     """Initialise a layer's weight in place by the named scheme; biases start at zero.
 
@@ -81,11 +92,8 @@ class MLP(Circuit):
     def __init__(self, task: Task, hidden: Sequence[int] = (256, 256), activation: str = "relu",
                  bias: bool = True, init: str = "default", head: bool = True):
         super().__init__(task)
-        widths = [int(w) for w in hidden]
-        if not widths and not head:
-            raise UsageError("circuit.hidden is empty and this learner trains no head: nothing to train.")
-        if any(w <= 0 for w in widths):
-            raise UsageError(f"circuit.hidden widths must be positive; got {widths}.")
+        widths = hidden_widths(hidden, None if head else
+                               "circuit.hidden is empty and this learner trains no head: nothing to train.")
         fan_in = task.input_size
         for width in widths:
             self.blocks.append(Dense(fan_in, width, activation, bias, init))

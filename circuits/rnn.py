@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from bioplaus.circuits.mlp import initialise
+from bioplaus.circuits.mlp import hidden_widths, initialise
 from bioplaus.core import Circuit, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import activation
@@ -120,11 +120,7 @@ class RNN(Circuit):
     def __init__(self, task: Task, hidden: Sequence[int] = (128,), activation: str = "tanh",
                  bias: bool = True, init: str = "default", head: bool = True):
         super().__init__(task)
-        widths = [int(w) for w in hidden]
-        if not widths:
-            raise UsageError("circuit 'rnn' needs at least one recurrent layer (circuit.hidden).")
-        if any(w <= 0 for w in widths):
-            raise UsageError(f"circuit.hidden widths must be positive; got {widths}.")
+        widths = hidden_widths(hidden, "circuit 'rnn' needs at least one recurrent layer (circuit.hidden).")
         self.steps, features = sequence_shape(tuple(task.input_shape))
         for width in widths:
             self.blocks.append(RecurrentBlock(features, width, activation, bias, init))
