@@ -186,6 +186,10 @@ def constructor_keys(cls: type) -> tuple[list[str], bool]:
 
 
 def _check_keys(kind: str, cls: type, section: Any, skip: set[str]) -> None:
+    declared = getattr(cls, "Options", None)
+    if declared is not None and declared.fields():  # options declared once (bioplaus.options)
+        declared.parse(f"{kind} '{section.name}'", {k: v for k, v in section.items()})
+        return
     names, var_kw = constructor_keys(cls)
     if var_kw:
         return
@@ -251,6 +255,8 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
         raise UsageError(f"trainer.progress must be auto, bar, lines or none; got '{cfg.trainer.progress}'.")
     if cfg.trainer.get("select", "last") not in ("last", "best_val"):
         raise UsageError(f"trainer.select must be last or best_val; got '{cfg.trainer.select}'.")
+    if cfg.trainer.get("monitor_mode") not in (None, "max", "min"):
+        raise UsageError(f"trainer.monitor_mode must be null, max or min; got '{cfg.trainer.monitor_mode}'.")
     if cfg.trainer.get("lr_schedule", "constant") not in LR_SCHEDULES:
         raise UsageError(f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
                          f"got '{cfg.trainer.lr_schedule}'.")

@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from bioplaus.options import CircuitOptions, LearnerOptions
+
 TaskKind = Literal["classification", "memory", "temporal"]
 
 
@@ -64,10 +66,17 @@ class Circuit(nn.Module):
     """
 
     name: ClassVar[str] = "circuit"
+    #: the circuit's declared options (see `bioplaus.options`); subclasses declare their own
+    Options: ClassVar[type[CircuitOptions]] = CircuitOptions
+    #: layout of a batch of inputs: ``batch`` — (B, *input_shape); ``batch_time`` — (B, T, *features),
+    #: a time axis second (spiking circuits). Data are stored, shuffled and split along dim 0 in
+    #: both, so the engine batches them alike; a circuit that wants time first transposes inside.
+    input_layout: ClassVar[str] = "batch"
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, **options: Any) -> None:
         super().__init__()
         self.task = task
+        self.options = type(self).Options.parse(f"circuit '{self.name}'", options)
         self.blocks = nn.ModuleList()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -120,6 +129,14 @@ class Learner(nn.Module):
     """
 
     name: ClassVar[str] = "learner"
+    #: the rule's declared options (see `bioplaus.options`); subclasses declare their own
+    Options: ClassVar[type[LearnerOptions]] = LearnerOptions
+    #: the evaluation metric `trainer.monitor` watches by default, and its direction (max | min):
+    #: best-epoch selection, early stopping and the default metric of sweep/bench/compare
+    monitor: ClassVar[tuple[str, str]] = ("accuracy", "max")
+    #: the `train_step` metric checked for divergence (non-finite, or growing past a factor of its
+    #: first value); None: the rule has no loss (e.g. Hebbian storage) and only non-finite metrics stop it
+    loss_metric: ClassVar[str | None] = "loss"
     #: circuit families this rule can train (registry names)
     circuits: ClassVar[tuple[str, ...]] = ()
     #: task kinds this rule handles
@@ -128,10 +145,11 @@ class Learner(nn.Module):
     #: out with parameters of their own (projections, goodness) train headless circuits
     circuit_head: ClassVar[bool] = True
 
-    def __init__(self, circuit: Circuit, task: Task) -> None:
+    def __init__(self, circuit: Circuit, task: Task, **options: Any) -> None:
         super().__init__()
         self.circuit = circuit
         self.task = task
+        self.options = type(self).Options.parse(f"learner '{self.name}'", options)
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # -- the contract -------------------------------------------------------------------------
@@ -147,6 +165,31 @@ class Learner(nn.Module):
     def predictions(self, x: Tensor) -> dict[str, Tensor]:
         """Every readout this rule reports, name -> class scores; the first one is the headline."""
         return {"": self.predict(x)}
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
+        """Evaluation metrics on a split (x, y), name -> value; the engine prefixes ``val_`` /
+        ``test_``. Default (classifiers): ``accuracy`` of the headline readout and
+        ``accuracy_<readout>`` of every named one (`predictions`). Memory and other task kinds
+        override this (e.g. retrieval overlaps); `monitor` must name one of the keys.
+        """
+        was_training = self.training
+        self.eval()
+        correct: dict[str, Tensor] = {}
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            for name, scores in self.predictions(xb).items():
+                hits = (scores.argmax(dim=1) == yb).sum()
+                correct[name] = correct[name] + hits if name in correct else hits
+        self.train(was_training)
+        n = max(1, x.shape[0])
+        out: dict[str, float] = {}
+        for i, (name, c) in enumerate(correct.items()):
+            if i == 0:
+                out["accuracy"] = float(c) / n
+            if name:
+                out[f"accuracy_{name}"] = float(c) / n
+        return out
 
     def on_epoch_end(self, epoch: int) -> None:
         """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from bioplaus import checkpoint, registry
 from bioplaus.config import validate
 from bioplaus.core import Circuit, Learner, StepMetrics
-from bioplaus.data import DataSplits, eval_batches, load, train_batches
+from bioplaus.data import DataSplits, load, train_batches
 from bioplaus.errors import RunFailed, UsageError
 from bioplaus.optim import apply_schedule, lr_factor, mask_optimizer_state
 from bioplaus.runtime import StepRunner
@@ -89,30 +89,23 @@ def build(cfg: Any, data: DataSplits | None = None) -> tuple[DataSplits, Circuit
     return data, circuit, learner.to(device)
 
 
-@torch.no_grad()
 def evaluate(learner: Learner, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
-    """Accuracy of every readout of the learner on (x, y)."""
-    was_training = learner.training
-    learner.eval()
-    correct: dict[str, Tensor] = {}
-    for xb, yb in eval_batches(x, y, batch_size):
-        for name, scores in learner.predictions(xb).items():
-            hits = (scores.argmax(dim=1) == yb).sum()
-            correct[name] = correct[name] + hits if name in correct else hits
-    learner.train(was_training)
-    n = max(1, x.shape[0])
-    return {name: float(c) / n for name, c in correct.items()}
+    """The learner's evaluation metrics on (x, y) (`Learner.evaluate`), e.g. ``accuracy``."""
+    return learner.evaluate(x, y, batch_size)
 
 
-def _accuracy_keys(prefix: str, accs: dict[str, float]) -> dict[str, float]:
-    """{'': a, 'softmax': b} -> {prefix: first, prefix_softmax: b, ...}."""
-    out: dict[str, float] = {}
-    for i, (name, value) in enumerate(accs.items()):
-        if i == 0:
-            out[prefix] = value
-        if name:
-            out[f"{prefix}_{name}"] = value
-    return out
+def monitored(cfg: Any, learner: Learner) -> tuple[str, str]:
+    """(metric, max | min) that selects epochs and stops early: ``trainer.monitor`` /
+    ``trainer.monitor_mode``, else the learner's declared `Learner.monitor`."""
+    metric, mode = learner.monitor
+    name = cfg.trainer.get("monitor")
+    if name is not None and str(name) != metric:
+        metric, mode = str(name), "max"
+    return metric, str(cfg.trainer.get("monitor_mode") or mode)
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
 
 def default_run_dir(cfg: Any, data_name: str | None = None) -> Path:
@@ -217,12 +210,14 @@ class _Loop:
         self.select_best = str(cfg.trainer.get("select", "last")) == "best_val"
         self.lr_schedule = str(cfg.trainer.get("lr_schedule", "constant"))
         self.resume = resume
+        self.monitor, self.monitor_mode = monitored(cfg, self.learner)
+        self.loss_metric = self.learner.loss_metric
         self.runner = StepRunner(self.learner, self.device, str(cfg.runtime.cuda_graphs),
                                  int(cfg.runtime.warmup_steps), self.log)
         self.wandb: WandbLogger | None = None
         self.state: dict[str, Any] = {
-            "epoch": 0, "best_val_accuracy": None, "epochs_since_best": 0,
-            "train_seconds": 0.0, "samples_seen": 0, "val_accuracy": None, "reference_loss": None,
+            "epoch": 0, "best_val": None, "epochs_since_best": 0,
+            "train_seconds": 0.0, "samples_seen": 0, "val": None, "reference_loss": None,
             "global_step": 0, "best_epoch": None,
         }
 
@@ -257,10 +252,11 @@ class _Loop:
                 if self.circuit.structural_step(self.state["global_step"]):
                     self._mask_optimizer_state()
                 self.progress.advance()
-                if self.state["reference_loss"] is None:
-                    self.state["reference_loss"] = float(out["loss"])
-                if step % check_every == 0:
-                    self._check_divergence(float(out["loss"]), epoch, step)
+                if self.loss_metric is not None:
+                    if self.state["reference_loss"] is None:
+                        self.state["reference_loss"] = float(out[self.loss_metric])
+                    if step % check_every == 0:
+                        self._check_divergence(float(out[self.loss_metric]), epoch, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         finally:
@@ -271,7 +267,8 @@ class _Loop:
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             raise _Stop(STATUS_DIVERGED, f"non-finite {', '.join(bad)} in epoch {epoch}")
-        self._check_divergence(means["loss"], epoch, steps)
+        if self.loss_metric is not None:
+            self._check_divergence(means[self.loss_metric], epoch, steps)
         return means
 
     def _mask_optimizer_state(self) -> None:
@@ -301,11 +298,12 @@ class _Loop:
             "data": self.data.name,
             "seed": int(self.cfg.seed),
             "epochs_completed": int(self.state["epoch"]),
-            "test_accuracy": None,
-            "best_val_accuracy": self.state["best_val_accuracy"],
+            "monitor": self.monitor,
+            f"test_{self.monitor}": None,
+            f"best_val_{self.monitor}": self.state["best_val"],
             "best_epoch": self.state["best_epoch"],
             "tested_weights": "best_val" if self.select_best else "last",
-            "val_accuracy": self.state["val_accuracy"],
+            f"val_{self.monitor}": self.state["val"],
             "train_seconds": round(seconds, 3),
             "samples_per_second": round(self.state["samples_seen"] / seconds, 1) if seconds else None,
             "peak_memory_bytes": peak_memory_bytes(self.device),
@@ -319,7 +317,7 @@ class _Loop:
             "torch": torch.__version__,
             "run_dir": str(self.run_dir),
         }
-        summary.update(_accuracy_keys("test_accuracy", test))
+        summary.update(_prefixed("test", test))
         summary.update(self.circuit.structure_metrics())
         summary.update(self.learner.rule_metrics())
         return summary
@@ -331,7 +329,11 @@ class _Loop:
         cfg = self.cfg
         epochs = int(cfg.trainer.epochs)
         if self.resume:
-            self.state.update(checkpoint.load(self.ckpt_path, self.learner, map_location=self.device))
+            loaded = checkpoint.load(self.ckpt_path, self.learner, map_location=self.device)
+            for old, new in (("best_val_accuracy", "best_val"), ("val_accuracy", "val")):
+                if old in loaded:  # checkpoints written before the monitored metric was general
+                    loaded[new] = loaded.pop(old)
+            self.state.update(loaded)
             self.metrics.truncate_after(self.state["epoch"])
             self.log(f"resumed from {self.ckpt_path} at epoch {self.state['epoch']}")
         else:
@@ -354,14 +356,19 @@ class _Loop:
                 if self.lr_schedule != "constant":
                     apply_schedule(self.learner.optimizers.values(),
                                    lr_factor(self.lr_schedule, epoch, epochs))
-                val = _accuracy_keys("val_accuracy", evaluate(
-                    self.learner, self.data.val_x, self.data.val_y, int(cfg.trainer.eval_batch_size)))
-                val_acc = val.get("val_accuracy")
+                val = _prefixed("val", self.learner.evaluate(
+                    self.data.val_x, self.data.val_y, int(cfg.trainer.eval_batch_size)))
+                val_value = val.get(f"val_{self.monitor}")
+                if val_value is None:
+                    raise UsageError(f"trainer.monitor={self.monitor}: the learner reports no such "
+                                     f"metric. It reports: {', '.join(k[4:] for k in val)}.")
                 self.state["epoch"] = epoch
-                self.state["val_accuracy"] = val_acc
-                best = self.state["best_val_accuracy"]
-                if val_acc is not None and (best is None or val_acc > best):
-                    self.state["best_val_accuracy"], self.state["epochs_since_best"] = val_acc, 0
+                self.state["val"] = val_value
+                best = self.state["best_val"]
+                improved = best is None or (
+                    val_value > best if self.monitor_mode == "max" else val_value < best)
+                if improved:
+                    self.state["best_val"], self.state["epochs_since_best"] = val_value, 0
                     self.state["best_epoch"] = epoch
                     if self.select_best:
                         checkpoint.save_weights(self.best_path, self.learner)
@@ -378,7 +385,7 @@ class _Loop:
                                       if k != "epoch" and isinstance(v, float))
                     self.log(f"epoch {epoch}/{epochs}: {shown}")
                 if patience and self.state["epochs_since_best"] >= patience:
-                    self.log(f"early stopping: no better validation accuracy for {patience} epochs")
+                    self.log(f"early stopping: no better validation {self.monitor} for {patience} epochs")
                     break
         except _Stop as stop:
             status, reason = stop.status, stop.reason
@@ -394,15 +401,16 @@ class _Loop:
         test = {}
         if status == STATUS_COMPLETED and self.select_best and self.best_path.exists():
             checkpoint.load_weights(self.best_path, self.learner, map_location=self.device)
-            self.log(f"testing the weights of epoch {self.state['best_epoch']} (best validation accuracy)")
+            self.log(f"testing the weights of epoch {self.state['best_epoch']} (best validation "
+                     f"{self.monitor})")
         if status == STATUS_COMPLETED:
-            test = evaluate(self.learner, self.data.test_x, self.data.test_y,
-                            int(cfg.trainer.eval_batch_size))
+            test = self.learner.evaluate(self.data.test_x, self.data.test_y,
+                                         int(cfg.trainer.eval_batch_size))
         summary = self._summary(status, reason, test)
         write_json(self.run_dir / "summary.json", summary)
         if status == STATUS_COMPLETED:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
-                              if k.startswith("test_accuracy") and isinstance(v, float))
+                              if k.startswith(f"test_{self.monitor}") and isinstance(v, float))
             self.log(f"done: {shown}; {summary['train_seconds']:.1f} s training, "
                      f"{summary['samples_per_second']} samples/s")
         else:

@@ -1,0 +1,159 @@
+"""Options declared once: the typed, ranged, documented settings of a learner or circuit.
+
+Every learner and circuit declares its options in a nested ``Options`` class beside the class that
+takes them — a pydantic model whose fields carry the name, type, default, allowed range or choices
+and a one-line meaning::
+
+    class MonoForward(Learner):
+        class Options(LearnerOptions):
+            lr: float = option(2e-3, "learning rate", gt=0)
+            schedule: Literal["simultaneous", "greedy"] = option("simultaneous", "layer schedule")
+
+        def __init__(self, circuit, task, **options):
+            super().__init__(circuit, task, **options)
+            lr = self.options.lr
+
+The declaration is the single source of truth: validation at compose time (before anything is
+written), the config defaults, ``bioplaus list NAME`` and every exit-2 message come from it.
+pydantic is used (rather than hand-written checks) because its strict mode gives exact type checks
+(``True`` is not an integer, ``"1"`` is not a number, an integer is a number) and declarative
+ranges with machine-readable errors that we turn into one readable message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bioplaus.errors import UsageError
+
+__all__ = ["CircuitOptions", "LearnerOptions", "Options", "option"]
+
+
+def option(default: Any, meaning: str, **constraints: Any) -> Any:
+    """A declared option: its default, a one-line meaning and pydantic constraints
+    (``gt``, ``ge``, ``lt``, ``le``, ``min_length``, …)."""
+    if isinstance(default, (list, dict, set)):
+        return Field(default_factory=lambda d=default: type(d)(d), description=meaning, **constraints)
+    return Field(default, description=meaning, **constraints)
+
+
+def _type_text(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is not None and str(origin) == "typing.Literal":
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (list, tuple):
+        inner = _type_text(args[0]) if args else "values"
+        return f"a list of {inner.removeprefix('a ').removeprefix('an ')}s"
+    if origin is not None and type(None) in args:  # Optional[X]
+        rest = [a for a in args if a is not type(None)]
+        return "null or " + _type_text(rest[0])
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _range_text(metadata: list[Any]) -> str:
+    parts = []
+    for m in metadata:
+        for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value:g}" if isinstance(value, (int, float)) else f"{sign} {value}")
+        if getattr(m, "min_length", None) is not None:
+            parts.append(f"with at least {m.min_length} entries")
+        if getattr(m, "max_length", None) is not None:
+            parts.append(f"with at most {m.max_length} entries")
+    return " and ".join(parts)
+
+
+class Options(BaseModel):
+    """Base of every declaration: strict types, no unknown keys, immutable once built."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    #: the config section this declaration fills (``learner`` or ``circuit``)
+    section: ClassVar[str] = "option"
+
+    @classmethod
+    def fields(cls) -> dict[str, Any]:
+        return dict(cls.model_fields)
+
+    @classmethod
+    def allowed(cls, name: str) -> str:
+        """What option ``name`` accepts, in words (``a number > 0``, ``one of a, b``)."""
+        f = cls.model_fields[name]
+        text = _type_text(f.annotation)
+        rng = _range_text(list(f.metadata))
+        return f"{text} {rng}".strip()
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Option name -> default value (plain Python values, as YAML holds them)."""
+        out = {}
+        for name, f in cls.fields().items():
+            value = f.get_default(call_default_factory=True)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """One row per option: (name, allowed, default, meaning) — for ``bioplaus list`` and docs."""
+        defaults = cls.defaults()
+        return [(name, cls.allowed(name), defaults[name], f.description or "")
+                for name, f in cls.fields().items()]
+
+    @classmethod
+    def parse(cls, owner: str, values: Mapping[str, Any]) -> Options:
+        """Validate ``values`` (a config section without ``name``) into this declaration.
+
+        ``owner`` names what is configured, e.g. ``learner 'mono_forward'``. Raises `UsageError`
+        naming the key, the value given and what is allowed.
+        """
+        values = {k: _plain(v) for k, v in values.items() if k != "name"}
+        section = cls.section
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise UsageError(cls._message(owner, section, values, e)) from None
+
+    @classmethod
+    def _message(cls, owner: str, section: str, values: Mapping[str, Any], error: ValidationError) -> str:
+        lines = []
+        for err in error.errors():
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            if err["type"] == "extra_forbidden":
+                valid = ", ".join(cls.fields()) or "(none)"
+                lines.append(f"{owner} has no option '{key}'. Its options: {valid}.")
+                continue
+            given = values.get(key, err.get("input"))
+            lines.append(f"{section}.{key} must be {cls.allowed(key)}; got {given!r}.")
+        return " ".join(dict.fromkeys(lines))
+
+
+class LearnerOptions(Options):
+    """Base of a learner's declaration (config section ``learner``)."""
+
+    section: ClassVar[str] = "learner"
+
+
+class CircuitOptions(Options):
+    """Base of a circuit's declaration (config section ``circuit``)."""
+
+    section: ClassVar[str] = "circuit"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python lists and dicts; tuples -> lists."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(value, tuple):
+        return list(value)
+    return value
