@@ -10,7 +10,6 @@ Exit codes: 0 done; 2 usage or config error; 1 a run that failed or diverged.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,13 +85,20 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
 
 
 def _prevalidate(overrides: list[str], multirun: bool) -> None:
-    from bioplaus import config
+    from bioplaus import config, guards
 
+    global _CREATED
     plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
     if multirun:
         config.check_overrides(plain)
     else:
-        config.compose(plain)
+        cfg = config.compose(plain)
+        # the outermost folder the run will create: removed again if the run is refused
+        pinned = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+        _CREATED = guards.missing_ancestor(Path(pinned or str(cfg.paths.runs)))
+
+
+_CREATED: Path | None = None
 
 
 def _task(cfg: Any) -> None:
@@ -115,7 +121,9 @@ def _task(cfg: Any) -> None:
         summary = train(cfg, run_dir=run_dir, unique_run_dir=not pinned)
     except UsageError as e:
         if not existed and run_dir.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+            from bioplaus.guards import remove_new_dirs
+
+            remove_new_dirs(run_dir, _CREATED)
         print(f"bioplaus: error: {e}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
@@ -133,6 +141,12 @@ def run(args: list[str]) -> None:
     import hydra
 
     overrides, flags = _split_hydra_args(args)
+    try:  # before anything else: an override that would have Hydra import code
+        from bioplaus.guards import refuse_unsafe_overrides
+
+        refuse_unsafe_overrides(overrides)
+    except UsageError as e:
+        _error(str(e))
     resume_dir = _resume_dir(overrides)
     if resume_dir is not None:
         _resume(resume_dir, overrides)

@@ -146,6 +146,9 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
     Keys and types are checked against the defaults composed for the chosen groups alone.
     """
+    from bioplaus.guards import refuse_unsafe_overrides
+
+    refuse_unsafe_overrides(overrides)
     parsed = _parse(overrides)
     _check_overrides([o for o in parsed if o.key_or_group in GROUPS], None)
     groups = [o.input_line for o in parsed
@@ -204,12 +207,19 @@ def _check_keys(kind: str, cls: type, section: Any, skip: set[str]) -> None:
 
 
 def check_runs_root(root: str | Path) -> Path:
-    """Create the runs root if needed and prove it writable; `UsageError` if it is not."""
+    """Prove the runs root writable (or creatable) without creating it; `UsageError` if it is not."""
     path = Path(os.path.expanduser(str(root)))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
+    try:  # nothing is created here: the run creates its folder once the config is valid
+        existing = path.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        if existing != path.absolute() and not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied", str(existing))
+        if existing == path.absolute():
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
     except OSError as e:
         raise UsageError(
             f"the runs root '{path}' is not writable ({e.strerror or e}). "

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import warnings
@@ -68,14 +69,39 @@ def resolve(name_or_path: str) -> Path:
                      f"Packaged sweeps: {names}.")
 
 
+#: strings Hydra reads back as the same string without quotes
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*")
+_KEYWORDS = {"null", "true", "false", "nan", "inf", "none"}
+
+
+def plain(value: Any) -> Any:
+    """``value`` as a plain Python value: numpy scalars (the sweep engine's proposals) become
+    int/float/bool/str, containers recursively."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)
+    if item is not None and type(value).__module__ == "numpy":
+        return item()
+    return value
+
+
 def format_value(value: Any) -> str:
-    """A parameter value as Hydra override syntax."""
+    """A parameter value as Hydra override syntax: one value, never a sweep; strings other than
+    plain names are quoted (``'data/a,b'``), so commas, spaces and brackets stay characters."""
+    value = plain(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        if _BARE.fullmatch(value) and value.lower() not in _KEYWORDS:
+            return value
+        # Hydra's quoted strings: a backslash escapes only a quote or a backslash before a quote
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
     return str(value)
 
 
@@ -96,14 +122,9 @@ def _sample_values(entry: dict[str, Any]) -> list[Any]:
 def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
     """The spec of ``path``, checked: its schema, its method, and every parameter and extra
     override as a config key with a value of the right type (`UsageError` otherwise)."""
-    import yaml
-
     from bioplaus.config import check_overrides
 
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"sweep file {path} is not valid YAML: {' '.join(str(e).split())}") from e
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise UsageError(f"sweep file {path} must hold a mapping (method, metric, parameters, command).")
     method = spec.get("method")
@@ -125,17 +146,108 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
     if metric["goal"] not in ("maximize", "minimize"):
         raise UsageError(f"sweep file {path}: metric goal must be maximize or minimize; "
                          f"got {metric['goal']!r}.")
-    command = spec.setdefault("command", ["bioplaus", "run", "logger=wandb", ARGS])
-    if not (isinstance(command, list) and "run" in command and ARGS in command):
-        raise UsageError(f"sweep file {path}: 'command' must run `bioplaus run ... {ARGS}`.")
+    if "program" in spec:
+        raise UsageError(f"sweep file {path}: 'program' is not used; a bioplaus sweep runs "
+                         f"`bioplaus run` (its 'command').")
+    program, fixed = check_command(path, spec.get("command", ["bioplaus", "run", "logger=wandb", ARGS]))
+    spec["command"] = [*program, "run", *fixed, ARGS]  # rebuilt from the checked parts
     checked = [f"{key}={format_value(v)}" for key, entry in params.items() for v in _sample_values(entry)]
-    check_overrides([*checked, *fixed_args(spec), *extra_overrides])
+    for override in [*checked, *fixed]:
+        if "${" in override:
+            raise UsageError(f"sweep file {path}: '{override}' holds an interpolation; a sweep file "
+                             f"gives plain values only.")
+    check_single([*checked, *fixed, *extra_overrides])
+    check_overrides([*checked, *fixed, *extra_overrides])
+    sweeps = _sweeps_package()
     try:
-        _sweeps_package().SweepConfig({k: v for k, v in spec.items() if k != "description"})
+        sweeps.SweepConfig({k: v for k, v in spec.items() if k != "description"})
     except Exception as e:  # the schema's own error: name the first violation
         raise UsageError(f"sweep file {path} breaks the W&B sweep schema: "
                          f"{' '.join(str(e).split())[:400]}") from e
+    # the sweep engine's own checks (e.g. bayes needs a parameter to search, grid needs listed
+    # values) run when it proposes: ask it for a first run now, before anything is written
+    states = random.getstate(), _numpy_state()
+    try:
+        first = sweeps.next_run(_engine_spec(spec), [])
+    except Exception as e:
+        raise UsageError(f"sweep file {path}: the W&B sweep engine refuses this spec: "
+                         f"{' '.join(str(e).split())[:400]}") from None
+    finally:
+        random.setstate(states[0])
+        _numpy_state(states[1])
+    if first is not None:
+        check_single(overrides_of(first.config))
     return spec
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML file ``path`` as plain data (safe loader: a Python tag is an error, never code)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as e:
+        raise UsageError(f"{what} {path} holds a tag bioplaus does not read "
+                         f"({' '.join(str(e.problem).split())}): YAML files are read as plain data, "
+                         f"and tags such as !!python/object are refused.") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} {path} cannot be read as UTF-8 text: {e}") from None
+
+
+def _numpy_state(state: Any = None) -> Any:
+    import numpy as np
+
+    if state is None:
+        return np.random.get_state()
+    np.random.set_state(state)
+    return state
+
+
+def _engine_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "description"}
+
+
+#: how a sweep command may start: the entry point, or the module, optionally after W&B's ${env}
+PROGRAMS = (["bioplaus"], ["python", "-m", "bioplaus"], ["python3", "-m", "bioplaus"],
+            ["${interpreter}", "-m", "bioplaus"])
+
+
+def check_command(path: Path, command: Any) -> tuple[list[str], list[str]]:
+    """(program, fixed overrides) of a sweep spec's ``command``, checked strictly: the program is
+    `bioplaus` (or ``python -m bioplaus``, or W&B's ``${env}`` / ``${interpreter}`` macros before
+    them), then ``run``, then ``key=value`` overrides only, then ``${args_no_hyphens}`` last.
+    Anything else is a `UsageError`: the W&B agent would run it as written."""
+    shape = (f"sweep file {path}: 'command' must be [bioplaus, run, KEY=VALUE..., {ARGS}] "
+             f"(or start with python -m bioplaus, ${{env}}, ${{interpreter}} -m bioplaus)")
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise UsageError(f"{shape}; got {command!r}.")
+    parts = list(command)
+    prefix = [parts.pop(0)] if parts[:1] == ["${env}"] else []
+    program = next((p for p in PROGRAMS if parts[:len(p)] == p), None)
+    if program is None:
+        raise UsageError(f"{shape}; its program is {' '.join(command[:3])!r}, which bioplaus does not "
+                         f"run.")
+    rest = parts[len(program):]
+    if rest[:1] != ["run"] or rest[-1:] != [ARGS] or len(rest) < 2:
+        raise UsageError(f"{shape}; got {command!r}.")
+    fixed = rest[1:-1]
+    for arg in fixed:
+        if arg.startswith(("-", "$")) or "=" not in arg or arg == ARGS:
+            raise UsageError(f"{shape}; '{arg}' is not a KEY=VALUE override.")
+    return [*prefix, *program], fixed
+
+
+def check_single(overrides: list[str]) -> None:
+    """`UsageError` unless every override sets one value (no comma list, range or sweep)."""
+    from bioplaus.config import _parse
+
+    for override in _parse(overrides):
+        if override.is_sweep_override():
+            raise UsageError(f"'{override.input_line}' reads as several values (a Hydra sweep); a "
+                             f"sweep parameter must give one value per run. Quote strings that hold "
+                             f"commas, e.g. \"'a,b'\".")
 
 
 def fixed_args(spec: dict[str, Any]) -> list[str]:
@@ -181,12 +293,14 @@ def start_local(path: Path, spec: dict[str, Any], count: int | None, extra_overr
 def resume_local(sweep_dir: Path, count: int | None = None) -> Path:
     """Continue a local sweep that was stopped: recorded runs are kept, a run that was cut off
     continues from its checkpoint, and the sweep goes on to its count (or ``count``)."""
-    import yaml
-
     if not (sweep_dir / "sweep.yaml").is_file() or not (sweep_dir / "state.json").is_file():
         raise UsageError(f"'{sweep_dir}' is not a local sweep folder (it needs sweep.yaml and state.json).")
-    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
-    state = json.loads((sweep_dir / "state.json").read_text())
+    spec = read_yaml(sweep_dir / "sweep.yaml", "sweep record")
+    try:
+        state = json.loads((sweep_dir / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{sweep_dir / 'state.json'} cannot be read ({e}); the sweep cannot "
+                         f"resume.") from None
     if count is not None:
         state["count"] = count
     print(f"sweep {state['name']}: resuming {sweep_dir}", flush=True)
@@ -236,8 +350,9 @@ def _run_local(sweep_dir: Path, spec: dict[str, Any], state: dict[str, Any]) -> 
             index = len(records)
             run_dir = sweep_dir / f"{index:03d}"
             overrides = overrides_of(run.config)
+            check_single(overrides)
             print(f"sweep {name}: run {index + 1}/{total}: {' '.join(overrides)}", flush=True)
-            record = {"parameters": {k: e["value"] for k, e in run.config.items()},
+            record = {"parameters": {k: plain(e["value"]) for k, e in run.config.items()},
                       **_run_one(run_dir, [*fixed, *overrides, *extra_overrides], metric, name, index)}
             _finish(sweeps, run, metric, record["metric"])
             proposed.append(run)
