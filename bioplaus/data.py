@@ -13,9 +13,11 @@ Users with their own tensors skip the registry: `from_tensors(x, y, ...)` builds
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +97,12 @@ def _normalise(raw: RawData, mode: str) -> tuple[Tensor, Tensor]:
         scale = raw.train_x.abs().max().clamp_min(1e-12)
         return raw.train_x / scale, raw.test_x / scale
     if mode == "standard":
-        # one mean/std per channel (dim 1), computed on the training split only
-        dims = [d for d in range(raw.train_x.dim()) if d != 1] if raw.train_x.dim() > 2 else [0, 1]
+        # computed on the training split only: one mean/std per feature of (N, D) data, per
+        # channel (dim 1) of (N, C, ...) data; a constant feature/channel is only centred
+        dims = [d for d in range(raw.train_x.dim()) if d != 1] if raw.train_x.dim() > 2 else [0]
         mean = raw.train_x.mean(dim=dims, keepdim=True)
-        std = raw.train_x.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        std = raw.train_x.std(dim=dims, keepdim=True) if raw.train_x.shape[0] > 1 else torch.zeros_like(mean)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
         return (raw.train_x - mean) / std, (raw.test_x - mean) / std
     raise UsageError(f"data.normalize must be one of standard, unit, none; got '{mode}'.")
 
@@ -140,6 +144,49 @@ def from_raw(
     )
 
 
+def _inputs(name: str, x: Any) -> Tensor:
+    """``x`` as a float tensor of shape (N, ...), N ≥ 1, every cell finite (`UsageError` otherwise)."""
+    try:
+        t = (x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))).float()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{name} must be a numeric array (numpy or torch) of shape (N, ...); "
+                         f"it could not be read as one ({' '.join(str(e).split())}).") from None
+    if t.dim() < 2 or t.shape[0] == 0:
+        raise UsageError(f"{name} must have shape (N, features...) with N ≥ 1 examples; got shape "
+                         f"{tuple(t.shape)}.")
+    bad = int((~torch.isfinite(t)).flatten(1).any(dim=1).sum())
+    if bad:
+        raise UsageError(f"{bad} of the {t.shape[0]} rows of {name} hold NaN or inf values; remove "
+                         f"or impute them before training (one non-finite cell poisons the "
+                         f"normalisation of every split).")
+    return t
+
+
+def _labels(name: str, y: Any, n: int, num_classes: int | None) -> Tensor:
+    """``y`` as int64 class indices: a 1-D integer array of length ``n`` in [0, C)."""
+    try:
+        array = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{name} must be a 1-D integer array of class indices: {e}") from None
+    rule = f"{name} must be a 1-D integer array of class indices in [0, C)"
+    if array.ndim != 1:
+        hint = " (one-hot labels? pass y.argmax(1))" if array.ndim == 2 else ""
+        raise UsageError(f"{rule}; got an array of shape {array.shape}{hint}.")
+    if array.dtype.kind not in "iu":
+        integral = array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all()
+        if not integral or array.dtype.kind == "b":
+            raise UsageError(f"{rule}; got dtype {array.dtype}"
+                             + (f" (e.g. {array.flat[0]!r})" if array.size else "") + ".")
+    if array.shape[0] != n:
+        raise UsageError(f"{name} has {array.shape[0]} labels but its inputs have {n} examples.")
+    if array.size and array.min() < 0:
+        raise UsageError(f"{rule}; it holds the label {int(array.min())}.")
+    if num_classes is not None and array.size and array.max() >= num_classes:
+        raise UsageError(f"{rule} with C = num_classes = {num_classes}; it holds the label "
+                         f"{int(array.max())}.")
+    return torch.as_tensor(array.astype(np.int64))
+
+
 def from_tensors(
     x: Any,
     y: Any,
@@ -155,20 +202,49 @@ def from_tensors(
 ) -> DataSplits:
     """`DataSplits` from your own arrays (numpy or torch), no dataset class needed.
 
-    Without ``test_x``/``test_y`` a seeded ``test_fraction`` of the examples becomes the test split.
+    ``x``: (N, D) features or (N, C, H, W) images (any (N, ...) shape), finite numbers.
+    ``y``: (N,) integer class indices in [0, C); C is ``num_classes`` or the largest label + 1.
+    Without ``test_x``/``test_y`` a seeded ``test_fraction`` of the examples becomes the test split;
+    then a seeded ``val_fraction`` of the rest becomes the validation split.
+    ``normalize="standard"`` standardises with statistics of the training split: one mean and
+    standard deviation per feature for (N, D) data, per channel (dim 1) for (N, C, ...) data;
+    ``"unit"`` divides by the largest absolute value; ``"none"`` leaves the values.
+
+    Raises `UsageError` before anything runs for: arrays that are not numeric, a NaN or inf cell
+    (naming how many rows of which array), labels that are not a 1-D integer array in [0, C)
+    (naming the offending value), lengths that differ, and fractions or options out of range.
     """
-    x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
-    y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
-    if x_t.shape[0] != y_t.shape[0]:
-        raise UsageError(f"x has {x_t.shape[0]} examples but y has {y_t.shape[0]}.")
+    from bioplaus.errors import check_choice
+
+    check_choice("normalize", normalize, ("standard", "unit", "none"))
+    if isinstance(num_classes, bool) or (num_classes is not None and (
+            not isinstance(num_classes, (int, np.integer)) or num_classes < 2)):
+        raise UsageError(f"num_classes must be an integer ≥ 2 (or None to infer it); got {num_classes!r}.")
+    for key, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise UsageError(f"{key} must lie in [0, 1); got {value!r}.")
+    if (test_x is None) != (test_y is None):
+        raise UsageError("give test_x and test_y together (or neither, to split off test_fraction).")
+    x_t = _inputs("x", x)
+    y_t = _labels("y", y, x_t.shape[0], num_classes)
     if test_x is None:
         order = torch.randperm(x_t.shape[0], generator=torch.Generator().manual_seed(seed + 1))
         n_test = round(test_fraction * x_t.shape[0])
         tx, ty = x_t[order[:n_test]], y_t[order[:n_test]]
         x_t, y_t = x_t[order[n_test:]], y_t[order[n_test:]]
     else:
-        tx, ty = torch.as_tensor(np.asarray(test_x)).float(), torch.as_tensor(np.asarray(test_y)).long()
-    classes = num_classes or int(max(int(y_t.max()), int(ty.max()) if ty.numel() else 0) + 1)
+        tx = _inputs("test_x", test_x)
+        ty = _labels("test_y", test_y, tx.shape[0], num_classes)
+        if tx.shape[1:] != x_t.shape[1:]:
+            raise UsageError(f"test_x has examples of shape {tuple(tx.shape[1:])} but x has "
+                             f"{tuple(x_t.shape[1:])}.")
+    n_train = x_t.shape[0] - round(val_fraction * x_t.shape[0])
+    if n_train < 1 or tx.shape[0] < 1:
+        raise UsageError(f"too few examples ({x_t.shape[0] + tx.shape[0]}) for a training, validation "
+                         f"and test split (test_fraction={test_fraction}, val_fraction={val_fraction}).")
+    classes = int(num_classes) if num_classes is not None else int(max(int(y_t.max()), int(ty.max())) + 1)
+    if classes < 2:
+        raise UsageError("y holds a single class (0); classification needs at least two.")
     raw = RawData(x_t, y_t, tx, ty, classes)
     return from_raw(raw, val_fraction=val_fraction, normalize=normalize, seed=seed, device=device)
 
@@ -222,17 +298,56 @@ def load_digits(root: Path | None = None, download: bool = False) -> RawData:
     return RawData(x[train], y[train], x[test], y[test], 10)
 
 
-def read_idx(path: Path) -> Tensor:
-    """Read one IDX file (optionally gzipped) into a tensor."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+def damaged(path: Path, problem: str) -> UsageError:
+    """The `UsageError` of a damaged data file: which file, what is wrong, what to do."""
+    return UsageError(f"data file {path} is damaged: {problem}. Delete it and download it again "
+                      f"(data.download=true), or point data.root=DIR at an intact copy.")
+
+
+def read_idx(path: Path, ndim: int | None = None) -> Tensor:
+    """Read one IDX file (optionally gzipped) into a uint8 tensor of the shape its header gives.
+
+    A file that is not gzip where its name says so, is empty, is not unsigned-byte IDX (e.g. an
+    HTML page saved by a failed download), has ``ndim`` other than expected, or holds fewer or
+    more bytes than its header announces is a `UsageError` naming the file.
+    """
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise damaged(path, f"it cannot be read{' as gzip' if gz else ''} ({e})") from None
+    if len(data) < 4:
+        raise damaged(path, f"it is empty or cut short ({len(data)} bytes, not even an IDX header)")
+    zero, dtype_code, dims = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise UsageError(f"{path} is not an unsigned-byte IDX file.")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        looks = " (it looks like an HTML page, e.g. a failed download)" if data.lstrip()[:1] == b"<" else ""
+        raise damaged(path, f"it is not an unsigned-byte IDX file{looks}")
+    if ndim is not None and dims != ndim:
+        raise damaged(path, f"it holds a {dims}-dimensional array where a {ndim}-dimensional one belongs")
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise damaged(path, "its header is cut short")
+    shape = struct.unpack(">" + "I" * dims, data[4:header])
+    expected, held = math.prod(shape), len(data) - header
+    if held != expected:
+        raise damaged(path, f"its header announces an array of shape {shape} ({expected} bytes) but "
+                            f"it holds {held} bytes ({'cut short' if held < expected else 'extra bytes'})")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
     return torch.from_numpy(array.copy())
+
+
+def check_labels(name: str, labels: Tensor, images: Tensor, num_classes: int,
+                 labels_path: Path, images_path: Path) -> None:
+    """`UsageError` naming the file when labels and images disagree in number, or a label is not
+    a class index in [0, num_classes)."""
+    if labels.shape[0] != images.shape[0]:
+        raise damaged(labels_path, f"it holds {labels.shape[0]} labels but {images_path.name} holds "
+                                   f"{images.shape[0]} images")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        value = int(labels.max()) if int(labels.max()) >= num_classes else int(labels.min())
+        raise damaged(labels_path, f"it holds the label {value}, but {name} has {num_classes} classes "
+                                   f"(0–{num_classes - 1})")
 
 
 IDX_FILES = {
@@ -300,7 +415,11 @@ class _IdxDataset:
             getattr(tvd, self.torchvision_class)(str(target), train=False, download=True)
             folder = _find_idx_folder(self.candidates(target))
             assert folder is not None, f"torchvision did not leave IDX files under {target}"
-        parts = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
+        paths = {key: _idx_path(folder, stem) for key, stem in IDX_FILES.items()}
+        parts = {key: read_idx(path, ndim=3 if key.endswith("_x") else 1) for key, path in paths.items()}
+        for split in ("train", "test"):
+            check_labels(self.name, parts[f"{split}_y"], parts[f"{split}_x"], 10, paths[f"{split}_y"],
+                         paths[f"{split}_x"])
         return RawData(
             parts["train_x"].float().unsqueeze(1),
             parts["train_y"].long(),
@@ -314,6 +433,39 @@ register_dataset("mnist")(_IdxDataset("mnist", "MNIST", ()))
 register_dataset("fashion_mnist")(
     _IdxDataset("fashion_mnist", "FashionMNIST", ("/usr/share/datasets/fashion-mnist",))
 )
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only builtin containers and numpy arrays: any other global a
+    pickle names (a function to call, a class to build) is refused, so a file cannot run code."""
+
+    ALLOWED = frozenset({
+        (module, name)
+        for prefix in ("numpy.core", "numpy._core")
+        for module, name in ((f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                             (f"{prefix}.numeric", "_frombuffer"))
+    } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a data batch never holds "
+                                     f"(only arrays, lists, dicts, numbers and bytes are read)")
+
+
+def read_cifar_pickle(path: Path) -> dict[Any, Any]:
+    """A CIFAR python batch as data: builtin containers and numpy arrays only (`_DataUnpickler`).
+    A pickle naming anything else, cut short, or not a dict is a `UsageError` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            batch = _DataUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise damaged(path, f"it is not a CIFAR batch: {e}") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, struct.error) as e:
+        raise damaged(path, f"it cannot be unpickled as a CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise damaged(path, f"it holds a {type(batch).__name__}, not the dict of a CIFAR batch")
+    return batch
 
 
 class _CifarDataset:
@@ -340,10 +492,18 @@ class _CifarDataset:
         )
 
     def _read(self, path: Path) -> tuple[Tensor, Tensor]:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        x = torch.from_numpy(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
-        y = torch.tensor(batch[self.label_key], dtype=torch.long)
+        """One batch file: a dict with ``data`` (N, 3072) uint8 and the labels, read by
+        `read_cifar_pickle` (data only, never code); anything else is a damaged-data error."""
+        batch = read_cifar_pickle(path)
+        images, labels = batch.get(b"data"), batch.get(self.label_key)
+        if not isinstance(images, np.ndarray) or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
+            raise damaged(path, f"its {b'data'!r} entry is not an (N, 3072) array of 32×32 RGB images")
+        if not isinstance(labels, (list, np.ndarray)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+            raise damaged(path, f"its {self.label_key!r} entry is not a list of integer labels")
+        x = torch.from_numpy(np.asarray(images, dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
+        y = torch.tensor(np.asarray(labels, dtype=np.int64).reshape(-1), dtype=torch.long)
+        check_labels(self.name, y, x, self.num_classes, path, path)
         return x.float(), y
 
     def __call__(self, root: Path | None = None, download: bool = False) -> RawData:

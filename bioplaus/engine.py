@@ -158,6 +158,8 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | Non
 
     resume = cfg.trainer.get("resume")
     validate(cfg, check_data=data is None, check_paths=not resume)
+    if resume and (finished := checkpoint.finished_run(Path(str(resume)), cfg, quiet)) is not None:
+        return finished  # it ended by itself and nothing extends it: left as it is
     built = build(cfg, data)  # usage errors surface here, before the run directory exists
     if resume:
         run_path = Path(str(resume))

@@ -134,19 +134,35 @@ class Progress:
 
 
 class WandbLogger:
-    """Logs epoch metrics and the summary to W&B; offline into the run directory without a key."""
+    """Logs epoch metrics and the summary to W&B; offline into the run directory without a key.
+
+    One run folder is one W&B run, across resumes: its id is kept in ``RUN_DIR/wandb.json`` and
+    a resumed run continues it (W&B's ``resume="allow"``). Every record is logged at
+    ``step = epoch``; epochs in ``metrics.jsonl`` that never reached W&B (the run was killed
+    between the two writes, or W&B failed) are sent when the run resumes. W&B failing during a
+    run never stops it: the failure is logged once and the metrics stay in ``metrics.jsonl``.
+    """
+
+    STATE = "wandb.json"
 
     def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], log: RunLog):
         import wandb
 
-        self.wandb = wandb
+        self.wandb, self.log_line, self.failed = wandb, log, False
+        self.state_path = run_dir / self.STATE
+        state = self._read_state()
+        resumed = "id" in state
+        if not resumed:
+            state = {"id": _new_run_id(wandb), "logged_epoch": 0}
+            self._write_state(state)
+        self.state = state
         mode = str(cfg.get("mode", "auto"))
         if mode == "auto":
             has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
             mode = os.environ.get("WANDB_MODE", "online" if has_key else "offline")
         kwargs = dict(project=cfg.get("project", "bioplaus"), entity=cfg.get("entity"),
                       tags=list(cfg.get("tags") or []), dir=str(run_dir), config=config,
-                      name=run_dir.name, reinit="finish_previous")
+                      name=run_dir.name, reinit="finish_previous", id=state["id"], resume="allow")
         try:
             self.run = wandb.init(mode=mode, **kwargs)
         except Exception as e:
@@ -157,16 +173,71 @@ class WandbLogger:
             self.run = wandb.init(mode=mode, **kwargs)
         self.mode = mode
         log(f"W&B logging {mode}" + (f" into {run_dir / 'wandb'} (upload with `wandb sync`)"
-                                     if mode == "offline" else ""))
+                                     if mode == "offline" else "")
+            + (f"; continuing W&B run {state['id']}" if resumed else ""))
+        self._send_missing(run_dir / "metrics.jsonl")
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) and isinstance(state.get("id"), str) else {}
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        write_json(self.state_path, state)
+
+    def _send_missing(self, metrics_path: Path) -> None:
+        """Log the epochs of ``metrics.jsonl`` that W&B has not received (after a resume)."""
+        if not metrics_path.is_file():
+            return
+        for line in metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and int(record.get("epoch", 0)) > int(self.state["logged_epoch"]):
+                self.log(record)
 
     def log(self, record: dict[str, Any]) -> None:
-        self.run.log(json_safe(record))
+        """Log one epoch's record at ``step = epoch``."""
+        if self.failed:
+            return
+        epoch = int(record.get("epoch", 0))
+        try:
+            self.run.log(json_safe(record), step=epoch)
+        except Exception as e:  # W&B (network, service) failing must not end the run
+            self._fail(e)
+            return
+        self.state["logged_epoch"] = max(epoch, int(self.state["logged_epoch"]))
+        self._write_state(self.state)
+
+    def _fail(self, error: Exception) -> None:
+        self.failed = True
+        self.log_line(f"W&B logging failed ({type(error).__name__}: {error}); the run goes on, its "
+                      f"metrics stay in metrics.jsonl and the missing epochs are sent to W&B when the "
+                      f"run is resumed.")
 
     def finish(self, summary: dict[str, Any]) -> None:
-        for key, value in json_safe(summary).items():
-            if isinstance(value, (int, float, str)) or value is None:
-                self.run.summary[key] = value
-        self.run.finish()
+        if self.failed:
+            return
+        try:
+            for key, value in json_safe(summary).items():
+                if isinstance(value, (int, float, str)) or value is None:
+                    self.run.summary[key] = value
+            self.run.finish()
+        except Exception as e:  # as in log(): the run's own files are already written
+            self._fail(e)
+
+
+def _new_run_id(wandb: Any) -> str:
+    util = getattr(wandb, "util", None)
+    generate = getattr(util, "generate_id", None)
+    if generate is not None:
+        return str(generate())
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 def _netrc_has_wandb() -> bool:
