@@ -115,21 +115,44 @@ def load_weights(path: Path, learner: Learner, map_location: Any = "cpu") -> Non
     _restore(path, learner.load_state_dict, read(path, map_location))
 
 
+def read_config(path: Path) -> Any:
+    """A run's saved ``config.yaml`` as data (OmegaConf's safe YAML loader: a Python tag is
+    refused, never built); unreadable or tagged YAML is a `UsageError` naming the file."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.constructor.ConstructorError as e:
+        raise UsageError(f"{path} holds a tag bioplaus does not read ({' '.join(str(e.problem).split())}): "
+                         f"configs are read as plain data, and tags such as !!python/object are "
+                         f"refused.") from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not a readable YAML config: {' '.join(str(e).split())[:300]}") from None
+    if not OmegaConf.is_dict(cfg):
+        raise UsageError(f"{path} holds no mapping of config keys; it is not a run's config.yaml.")
+    return cfg
+
+
 def finished_run(run_dir: Path, cfg: Any, quiet: bool = False) -> dict[str, Any] | None:
-    """For ``trainer.resume=run_dir``: the run's summary if it already ended by itself (completed,
-    early-stopped or diverged) and ``cfg`` does not change it (e.g. more epochs, another learning
-    rate), else None (the run goes on). A finished run is left as it is and this says so;
-    a diverged one raises `RunFailed` again (exit 1), nothing rewritten."""
+    """For ``trainer.resume=run_dir``, before anything is written: the run's summary if it already
+    ended by itself (completed, early-stopped or diverged) and ``cfg`` does not change it (e.g.
+    more epochs, another learning rate), else None (the run goes on). A finished run is left as it
+    is and this says so; a diverged one raises `RunFailed` again (exit 1), nothing rewritten. A
+    checkpoint that is not plain data is refused here (`UsageError`), before the run writes."""
     import json
 
     from omegaconf import OmegaConf
 
     summary_path, saved_path = Path(run_dir) / "summary.json", Path(run_dir) / "config.yaml"
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if last.is_file():
+        read(last)  # refused (UsageError) before the run writes anything, if it is not plain data
     if not summary_path.is_file() or not saved_path.is_file():
         return None
     try:
         summary = json.loads(summary_path.read_text())
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        saved = OmegaConf.to_container(read_config(saved_path), resolve=True)
     except (OSError, ValueError) as e:
         raise UsageError(f"trainer.resume={run_dir}: its summary.json or config.yaml cannot be read "
                          f"({e}).") from None

@@ -307,7 +307,12 @@ def compare(paths: list[str]) -> None:
         raise UsageError("compare needs at least one RUN_DIR.")
     rows = []
     for run_dir in _run_dirs(paths):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{run_dir / 'summary.json'} cannot be read as JSON ({e}).") from None
+        if not isinstance(summary, dict):
+            raise UsageError(f"{run_dir / 'summary.json'} holds no mapping; it is not a run summary.")
         row = {"run": run_dir.name}
         for key in COMPARE_COLUMNS:
             value = summary.get(key)

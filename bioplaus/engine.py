@@ -179,7 +179,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     if not (Path(run_dir) / "checkpoints" / "last.pt").exists() or not path.exists():
         raise UsageError(f"trainer.resume={run_dir}: no checkpoints/last.pt and config.yaml there to "
                          f"resume from.")
-    cfg = OmegaConf.load(path)
+    cfg = checkpoint.read_config(path)  # plain data: a Python tag is a UsageError
     OmegaConf.set_struct(cfg, True)
     try:
         cfg.merge_with_dotlist([o for o in overrides if not o.startswith("trainer.resume=")])
