@@ -87,18 +87,20 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
 def _prevalidate(overrides: list[str], multirun: bool) -> None:
     from bioplaus import config, guards
 
-    global _CREATED
+    global _ROOT
     plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
     if multirun:
         config.check_overrides(plain)
     else:
         cfg = config.compose(plain)
-        # the outermost folder the run will create: removed again if the run is refused
+        # where the run's folder goes, and the outermost folder it will create: removed again
+        # if the run is refused
         pinned = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-        _CREATED = guards.missing_ancestor(Path(pinned or str(cfg.paths.runs)))
+        root = Path(pinned or str(cfg.paths.runs))
+        _ROOT = (root, guards.missing_ancestor(root))
 
 
-_CREATED: Path | None = None
+_ROOT: tuple[Path, Path | None] | None = None
 
 
 def _task(cfg: Any) -> None:
@@ -123,7 +125,7 @@ def _task(cfg: Any) -> None:
         if not existed and run_dir.exists():
             from bioplaus.guards import remove_new_dirs
 
-            remove_new_dirs(run_dir, _CREATED)
+            remove_new_dirs(run_dir, *(_ROOT or (run_dir, None)))
         print(f"bioplaus: error: {e}", file=sys.stderr)
         if not multirun:
             sys.exit(2)

@@ -316,7 +316,12 @@ def read_idx(path: Path, ndim: int | None = None) -> Tensor:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise damaged(path, f"it cannot be read{' as gzip' if gz else ''} ({e})") from None
+        looks = ""
+        if gz and path.is_file():
+            with open(path, "rb") as f:
+                html = f.read(64).lstrip()[:1] == b"<"
+            looks = ", it looks like an HTML page (a failed download?)" if html else ""
+        raise damaged(path, f"it cannot be read{' as gzip' if gz else ''} ({e}{looks})") from None
     if len(data) < 4:
         raise damaged(path, f"it is empty or cut short ({len(data)} bytes, not even an IDX header)")
     zero, dtype_code, dims = struct.unpack(">HBB", data[:4])

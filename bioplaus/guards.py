@@ -70,18 +70,16 @@ def missing_ancestor(path: Path) -> Path | None:
     return missing
 
 
-def remove_new_dirs(run_dir: Path, created: Path | None) -> None:
-    """Undo the folders made for a refused run: ``run_dir`` and its parents up to ``created``
-    (the outermost folder that did not exist before), each only while it is empty."""
-    run_dir = Path(run_dir).absolute()
+def remove_new_dirs(run_dir: Path, root: Path, created: Path | None) -> None:
+    """Undo the folders made for a refused run: ``run_dir``, then each empty parent inside the
+    runs ``root`` (e.g. the dated folder), and ``root`` itself and its parents up to ``created``
+    (the outermost folder that did not exist before the run) while they are empty."""
+    run_dir, root = Path(run_dir).absolute(), Path(root).absolute()
     shutil.rmtree(run_dir, ignore_errors=True)
-    if created is None:
-        return
-    created = Path(created).absolute()
-    if created != run_dir and created not in run_dir.parents:
-        return
+    limit = Path(created).absolute() if created is not None else root
     for parent in run_dir.parents:
-        if created != parent and created not in parent.parents:
+        inside = limit in parent.parents or (created is not None and parent == limit)
+        if not inside:
             break
         try:
             parent.rmdir()  # only an empty folder
