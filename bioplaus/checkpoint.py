@@ -115,6 +115,13 @@ def load_weights(path: Path, learner: Learner, map_location: Any = "cpu") -> Non
     _restore(path, learner.load_state_dict, read(path, map_location))
 
 
+def check_batch_fits(train_examples: int, batch_size: int) -> None:
+    """`UsageError` before a run folder exists when not one full batch fits the training split."""
+    if batch_size > train_examples:
+        raise UsageError(f"trainer.batch_size={batch_size} is larger than the training split "
+                         f"({train_examples} examples).")
+
+
 def read_config(path: Path) -> Any:
     """A run's saved ``config.yaml`` as data (OmegaConf's safe YAML loader: a Python tag is
     refused, never built); unreadable or tagged YAML is a `UsageError` naming the file."""

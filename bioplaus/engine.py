@@ -161,6 +161,7 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | Non
     if resume and (finished := checkpoint.finished_run(Path(str(resume)), cfg, quiet)) is not None:
         return finished  # it ended by itself and nothing extends it: left as it is
     built = build(cfg, data)  # usage errors surface here, before the run directory exists
+    checkpoint.check_batch_fits(built[0].train_x.shape[0], int(cfg.trainer.batch_size))
     if resume:
         run_path = Path(str(resume))
     elif run_dir is not None:

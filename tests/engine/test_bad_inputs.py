@@ -276,6 +276,8 @@ API: dict[str, tuple[Callable[[Sandbox], object], str]] = {
     "train data on another device": (lambda sb: bioplaus.train(bioplaus.compose(
         [*QUICK, "device=cpu", f"paths.runs={sb.runs}"]),
         data=data.from_tensors(_x(), _y(), device="meta")), "device"),
+    "train batch larger than the data": (lambda sb: bioplaus.train(bioplaus.compose(
+        [*QUICK, "trainer.batch_size=100000", f"paths.runs={sb.runs}"])), "larger than the training"),
     "from_tensors one-hot labels": (lambda sb: data.from_tensors(_x(), np.eye(3)[_y()]), "one-hot"),
     "from_tensors label -1": (lambda sb: data.from_tensors(_x(), _y() - 1), "label -1"),
     "from_tensors label >= num_classes": (lambda sb: data.from_tensors(_x(), _y(), num_classes=2),
