@@ -8,6 +8,7 @@ API) with a message, and the marker must stay absent.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -260,3 +261,23 @@ def test_no_secret_is_written_to_the_run_folder_or_wandb(tmp_path: Path,
     for override in ("+note=${oc.env:WANDB_API_KEY}", "data.root=${oc.env:BIOPLAUS_TEST_TOKEN}"):
         with pytest.raises(UsageError, match="never writes secrets"):
             bioplaus.compose([*QUICK, override])
+
+
+@pytest.mark.slow
+def test_real_offline_wandb_keeps_one_run_and_no_secret(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the installed wandb, offline: a resumed run continues the same W&B run id, and no
+    file of the run folder (W&B's own offline files included) holds the key."""
+    from bioplaus.engine import resume
+
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = bioplaus.compose([*QUICK, "trainer.epochs=2", "logger=wandb", f"paths.runs={tmp_path}"])
+    run_dir = Path(bioplaus.train(cfg, quiet=True)["run_dir"])
+    resume(run_dir, ["trainer.epochs=3"], quiet=True)
+    run_id = json.loads((run_dir / "wandb.json").read_text())["id"]
+    offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline)
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
