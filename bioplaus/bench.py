@@ -26,6 +26,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+from bioplaus import plots
 from bioplaus.errors import UsageError
 
 #: the published figure each preset answers to (ALGORITHMS.md)
@@ -267,4 +268,8 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         machine="; ".join(sorted({r["machine"] for r in payload["rows"]})) or machine_description(device),
         updated=dt.date.today().isoformat(),
     )
-    return save_results(out_json, payload, write_markdown)
+    markdown = save_results(out_json, payload, write_markdown)
+    if plots.enabled(options["overrides"]):  # OUT/NAME.png beside the table
+        plots.attempt(f"{markdown.with_suffix('.png')}", lambda: plots.draw_bench(
+            payload, markdown.with_suffix(".png")), lambda line: print(line, file=sys.stderr))
+    return markdown
