@@ -330,22 +330,33 @@ def draw_bench(payload: dict[str, Any], path: str | Path) -> Path:
     std = [100 * float(r.get("test_accuracy_std", 0.0)) for r in rows]
     colours = [f"C{i % 10}" for i in range(len(rows))]
     ax_acc.barh(positions, acc, xerr=std, capsize=3, color=colours, alpha=0.75)
-    for y, row, value in zip(positions, rows, acc, strict=True):
+    for y, row, value, spread in zip(positions, rows, acc, std, strict=True):
         seeds = [100 * float(v) for v in row.get("test_accuracies", [])]
         ax_acc.scatter(seeds, [y] * len(seeds), color="black", s=8, zorder=3)
-        ax_acc.annotate(f"{value:.2f}", (value, y), textcoords="offset points", xytext=(4, -3),
-                        fontsize=7)
+        text = f"{value:.2f}" + (f" ± {spread:.2f}" if len(seeds) > 1 else "")
+        ax_acc.annotate(text, (max([value + spread, *seeds]), y), textcoords="offset points",
+                        xytext=(5, -3), fontsize=7)
     finite = [a for a in acc if math.isfinite(a)]
     if finite and min(finite) > 50:
-        ax_acc.set_xlim(min(finite) - 5, min(100.0, max(finite) + 2))
+        ax_acc.set_xlim(min(finite) - 5, min(100.0, max(finite) + 3))
     ax_acc.set_yticks(positions, names, fontsize=8)
     ax_acc.set(xlabel="test accuracy (%)", title="test accuracy (mean ± std over seeds)")
     speed = [float(r.get("samples_per_second_mean") or math.nan) for r in rows]
     ax_speed.barh(positions, speed, color=colours, alpha=0.75)
+    for y, row, value in zip(positions, rows, speed, strict=True):
+        if math.isfinite(value):
+            device = str(row.get("device", "")).split(":")[0]
+            ax_speed.annotate(f"{value:,.0f} ({device})", (value, y), textcoords="offset points",
+                              xytext=(4, -3), fontsize=7)
     if any(math.isfinite(s) and s > 0 for s in speed):
+        from matplotlib.ticker import NullFormatter
+
         ax_speed.set_xscale("log")
-    ax_speed.set_yticks(positions, [str(r.get("device", "")).split(":")[0] for r in rows], fontsize=8)
-    ax_speed.set(xlabel="training samples/s (log)", title="training throughput")
+        ax_speed.xaxis.set_minor_formatter(NullFormatter())
+        top = max(s for s in speed if math.isfinite(s))
+        ax_speed.set_xlim(right=top * 6)  # room for the labels
+    ax_speed.set_yticks(positions, [""] * len(rows))
+    ax_speed.set(xlabel="training samples/s (log scale)", title="training throughput (device)")
     for ax in (ax_acc, ax_speed):
         ax.grid(alpha=0.3, axis="x")
     if any(r.get("from") for r in rows):
