@@ -365,7 +365,10 @@ def draw_bench(payload: dict[str, Any], path: str | Path) -> Path:
 
 
 def enabled(overrides: Sequence[str]) -> bool:
-    """The ``plots`` key of the config these overrides compose (for commands that run configs)."""
+    """The ``plots`` key (default true) after these command-line overrides: for commands that
+    take overrides for several configurations (``bioplaus bench``). Only the ``plots=`` overrides
+    are composed, so keys valid for a preset's circuit alone do not matter here."""
     from bioplaus.config import compose
 
-    return bool(compose(list(overrides), check=False).get("plots", True))
+    mine = [o for o in overrides if o.split("=", 1)[0] in ("plots", "++plots")]
+    return bool(compose(mine, check=False).get("plots", True)) if mine else True

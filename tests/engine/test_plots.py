@@ -136,3 +136,6 @@ def test_bench_writes_a_png_beside_its_table_unless_plots_false(tmp_path: Path) 
     _picture(out / "b.png", plots.bench_size(2))
     bench_main(["fmnist_bp_mlp", "--name", "quiet", *common, "plots=false"])
     assert (out / "quiet.md").is_file() and not (out / "quiet.png").exists()
+    assert plots.enabled(["circuit.channels=[8]", "plots=true"]) and not plots.enabled(["plots=false"])
+    with pytest.raises(UsageError, match="plots"):
+        plots.enabled(["plots=often"])
