@@ -199,8 +199,8 @@ def draw_curves(run_dir: str | Path, monitor: str | None = None, loss: str | Non
     best = summary.get("best_epoch")
     if isinstance(best, int):
         ax_val.axvline(best, color="black", linestyle=":", linewidth=1, label=f"best epoch {best}")
-    ax_val.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}"
-               + (f" ({mode})" if mode else ""))
+    better = {"max": " (higher is better)", "min": " (lower is better)"}.get(mode or "", "")
+    ax_val.set(xlabel="epoch", ylabel=monitor, title=f"validation {monitor}{better}")
     ax_val.legend(fontsize=8)
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
