@@ -3,7 +3,8 @@
 Runs experiment presets (``configs/experiment/``) through the library, one or more seeds each,
 and writes ``OUT/NAME.json`` (for machines) and ``OUT/NAME.md`` (for people): test accuracy
 (mean ± std over seeds), epochs, batch, training wall-clock, samples/s, peak memory, the machine
-and torch version of every row, and the published figure each preset answers to. Rows of earlier
+and torch version of every row, and the published figure each preset answers to; and the picture
+``OUT/NAME.png`` (`bioplaus.plots.draw_bench`; not with ``plots=false``). Rows of earlier
 invocations are kept unless the same experiment runs again, so a table can be built one row at a
 time, on different machines:
 
