@@ -3,7 +3,8 @@
 Runs experiment presets (``configs/experiment/``) through the library, one or more seeds each,
 and writes ``OUT/NAME.json`` (for machines) and ``OUT/NAME.md`` (for people): test accuracy
 (mean ± std over seeds), epochs, batch, training wall-clock, samples/s, peak memory, the machine
-and torch version of every row, and the published figure each preset answers to. Rows of earlier
+and torch version of every row, and the published figure each preset answers to; and the picture
+``OUT/NAME.png`` (`bioplaus.plots.draw_bench`; not with ``plots=false``). Rows of earlier
 invocations are kept unless the same experiment runs again, so a table can be built one row at a
 time, on different machines:
 
@@ -26,6 +27,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+from bioplaus import plots
 from bioplaus.errors import UsageError
 
 #: the published figure each preset answers to (ALGORITHMS.md)
@@ -267,4 +269,8 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         machine="; ".join(sorted({r["machine"] for r in payload["rows"]})) or machine_description(device),
         updated=dt.date.today().isoformat(),
     )
-    return save_results(out_json, payload, write_markdown)
+    markdown = save_results(out_json, payload, write_markdown)
+    if plots.enabled(options["overrides"]):  # OUT/NAME.png beside the table
+        plots.attempt(f"{markdown.with_suffix('.png')}", lambda: plots.draw_bench(
+            payload, markdown.with_suffix(".png")), lambda line: print(line, file=sys.stderr))
+    return markdown

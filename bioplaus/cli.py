@@ -26,10 +26,12 @@ commands:
                        --local runs it here with the W&B sweep engine and no server;
                        sweep --resume SWEEP_DIR continues a stopped local sweep
   bench EXPERIMENT... [--seeds S...] [--name N] [--out DIR] [OVERRIDES...]
-                       run presets, one or more seeds each, into OUT/NAME.json and .md (accuracy,
+                       run presets, one or more seeds each, into OUT/NAME.json, .md and .png (accuracy,
                        wall-clock, samples/s, memory, machine); default OUT: benchmarks/results
   list                 learners, circuits, data sets, experiments, learner×circuit compatibility
-  compare RUN_DIR...   one table of the summaries of several runs (also a parent folder of runs)
+  compare RUN_DIR... [--plot FILE]
+                       one table of the summaries of several runs (also a parent folder of runs);
+                       --plot draws their validation curves and test metric (seeds pooled) into FILE
 
 The run directory is printed as the last line. Exit codes: 0 done, 1 run failed or diverged,
 2 usage error."""
@@ -286,6 +288,24 @@ COMPARE_COLUMNS = ("learner", "circuit", "data", "seed", "status", "epochs_compl
                    "best_val_accuracy", "train_seconds", "samples_per_second", "peak_memory_bytes")
 
 
+def _plot_option(args: list[str]) -> tuple[list[str], str | None]:
+    """(run paths, FILE of ``--plot FILE`` or None) of a `bioplaus compare` command line."""
+    paths, plot = [], None
+    i = 0
+    while i < len(args):
+        if args[i] == "--plot":
+            if i + 1 >= len(args):
+                raise UsageError("--plot needs a FILE (e.g. --plot curves.png).")
+            plot, i = args[i + 1], i + 1
+        elif args[i].startswith("-"):
+            raise UsageError(f"unknown option '{args[i]}' of bioplaus compare. "
+                             "usage: bioplaus compare RUN_DIR... [--plot FILE]")
+        else:
+            paths.append(args[i])
+        i += 1
+    return paths, plot
+
+
 def _run_dirs(paths: list[str]) -> list[Path]:
     found: list[Path] = []
     for p in paths:
@@ -301,14 +321,17 @@ def _run_dirs(paths: list[str]) -> list[Path]:
     return found
 
 
-def compare(paths: list[str]) -> None:
-    """Print one row per run: the headline figures of each summary.json."""
+def compare(args: list[str]) -> None:
+    """Print one row per run: the headline figures of each summary.json; with ``--plot FILE``,
+    also draw the runs' validation curves and test metric into FILE (`bioplaus.plots`)."""
     import json
 
+    paths, plot = _plot_option(args)
     if not paths:
         raise UsageError("compare needs at least one RUN_DIR.")
+    run_dirs = _run_dirs(paths)
     rows = []
-    for run_dir in _run_dirs(paths):
+    for run_dir in run_dirs:
         try:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (OSError, ValueError) as e:
@@ -329,6 +352,10 @@ def compare(paths: list[str]) -> None:
     print("  ".join(h.ljust(widths[h]) for h in headers))
     for row in rows:
         print("  ".join(str(row[h]).ljust(widths[h]) for h in headers))
+    if plot is not None:
+        from bioplaus.plots import draw_comparison
+
+        print(f"picture: {draw_comparison(run_dirs, plot)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

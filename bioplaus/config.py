@@ -249,6 +249,8 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise UsageError(f"threads must be null (all cores) or a positive integer; got {threads!r}.")
+    if not isinstance(cfg.get("plots", True), bool):
+        raise UsageError(f"plots must be true or false; got {cfg.plots!r}.")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UsageError(f"seed must be an integer; got {cfg.seed!r}.")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -204,6 +205,13 @@ class Learner(nn.Module):
     def rule_metrics(self) -> dict[str, Any]:
         """Rule-specific figures for ``summary.json``."""
         return {}
+
+    def write_figures(self, run_dir: Path) -> None:
+        """Draw rule-specific pictures (receptive fields, rasters, recalled patterns) into
+        ``run_dir`` as PNG files when a run ends, beside the engine's ``curves.png``; skipped with
+        ``plots=false``. Import matplotlib inside (use `bioplaus.plots.new_figure` and
+        `bioplaus.plots.save_figure`, which use the Agg backend). A failure is logged and does not
+        fail the run. Default: nothing."""
 
     @classmethod
     def supports(cls, circuit_name: str) -> bool:

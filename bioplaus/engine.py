@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bioplaus import checkpoint, registry
+from bioplaus import checkpoint, plots, registry
 from bioplaus.config import validate
 from bioplaus.core import Circuit, Learner, StepMetrics
 from bioplaus.data import DataSplits, load, train_batches
@@ -411,6 +411,8 @@ class _Loop:
                                          int(cfg.trainer.eval_batch_size))
         summary = self._summary(status, reason, test)
         write_json(self.run_dir / "summary.json", summary)
+        if cfg.get("plots", True):  # curves.png and the learner's own pictures
+            plots.write_run_figures(self.run_dir, self.learner, self.monitor, self.monitor_mode, self.log)
         if status == STATUS_COMPLETED:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                               if k.startswith(f"test_{self.monitor}") and isinstance(v, float))

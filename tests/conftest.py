@@ -10,6 +10,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# a picture that fails to draw is logged and skipped in a user's run; in tests it is an error
+os.environ.setdefault("BIOPLAUS_STRICT_PLOTS", "1")
 
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
