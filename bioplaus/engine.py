@@ -407,6 +407,8 @@ class _Loop:
             test = self.learner.evaluate(self.data.test_x, self.data.test_y,
                                          int(cfg.trainer.eval_batch_size))
         summary = self._summary(status, reason, test)
+        if status == STATUS_COMPLETED:
+            summary.update(self.learner.report(self.run_dir, summary))
         write_json(self.run_dir / "summary.json", summary)
         if status == STATUS_COMPLETED:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
