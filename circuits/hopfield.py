@@ -172,10 +172,10 @@ class Hopfield(Circuit):
             # the decision σ_i ← sign(h_i − θ_i + τ σ_i): θ_i = logit(u_i)/(2β) is the heat-bath
             # threshold (P(h_i > θ_i) = sigmoid(2βh_i) for u_i uniform), θ = 0 at β = ∞; τ σ_i keeps
             # the spin when |h_i| < τ (the sign rule's tie); the self-coupling term joins it
+            noise = torch.rand(n, b, generator=generator, device=device)  # drawn at any β: same stream
             if self.beta is None:
                 bias = TIE * sp
             else:
-                noise = torch.rand(n, b, generator=generator, device=device)
                 bias = torch.special.logit(noise, eps=1e-12).div_(-2.0 * self.beta * scale)
                 bias.add_(sp, alpha=TIE)
             if self.factored:
