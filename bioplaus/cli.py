@@ -295,8 +295,12 @@ def compare(paths: list[str]) -> None:
     for run_dir in _run_dirs(paths):
         summary = json.loads((run_dir / "summary.json").read_text())
         row = {"run": run_dir.name}
+        monitor = summary.get("monitor", "accuracy")
         for key in COMPARE_COLUMNS:
-            value = summary.get(key)
+            # the monitored metric of each run (accuracy for classifiers, e.g. overlap for memory)
+            value = summary.get(key.replace("accuracy", monitor))
+            if monitor != "accuracy" and key.endswith("accuracy"):
+                value = f"{value:.4f} {monitor}" if isinstance(value, float) else value
             if key == "peak_memory_bytes" and isinstance(value, (int, float)):
                 key, value = "peak_mem_mib", round(value / 2**20)
             elif isinstance(value, float):

@@ -23,7 +23,7 @@ Retrieval (`evaluate`): the circuit's dynamics run from each cue x (B, N) toward
     archetype_accuracy   (several distinct targets) the target the final state overlaps most is the
                          cue's own — classification by the attractor
     ncm_accuracy         (supervised / unsupervised) nearest class mean: the class whose mean of
-                         stored examples overlaps the cue most, mapped to its archetype
+                         stored examples is nearest the cue (Euclidean), mapped to its archetype
     overlap_1..K         (``network_size`` = K > 0) the K overlaps with the stored patterns of the
                          cue's network sorted by magnitude, |m_1| ≥ … ≥ |m_K|; and per network j
                          ``net{j}_overlap_{k}``, its measured dilution ``net{j}_dilution``
@@ -247,7 +247,9 @@ class HopfieldLearner(Learner):
         means = self._stored_vectors()
         arche_of_class = (means @ archetypes.t()).argmax(dim=1)          # (K,)
         if self.options.protocol != "hebb" and bool(present.any()):
-            scores = (x @ means.t()).masked_fill(~present[None, :], -math.inf)
+            # nearest in Euclidean distance: argmin ‖x − ξ̄_c‖² = argmax x·ξ̄_c − ½‖ξ̄_c‖²
+            scores = (x @ means.t() - 0.5 * (means * means).sum(dim=1)[None, :])
+            scores = scores.masked_fill(~present[None, :], -math.inf)
             predicted = arche_of_class[scores.argmax(dim=1)]
             out["ncm_accuracy"] = float((predicted == own).float().mean())
         # archetype × archetype matrix of mean attractor overlaps, in class order when every class
