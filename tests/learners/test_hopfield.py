@@ -297,6 +297,7 @@ def test_multitasking_networks_follow_the_hierarchy_at_small_dilution(tmp_path: 
             assert abs(summary[f"test_net{j}_overlap_{k}"] - (1 - d_hat) * d_hat ** (k - 1)) < 0.03
 
 
+@pytest.mark.slow
 def test_memory_run_resumes_after_sigkill_to_the_same_result(tmp_path: Path) -> None:
     run = ["learner=hopfield", "data.neurons=300", "data.patterns=60", "learner.patterns_per_epoch=6",
            "learner.eval_cues=stored", "learner.eval_samples=40", "circuit.couplings=factored",
@@ -327,3 +328,41 @@ def test_memory_run_resumes_after_sigkill_to_the_same_result(tmp_path: Path) -> 
     assert [r["val_overlap"] for r in records] == [
         json.loads(line)["val_overlap"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert (killed / "capacity.png").exists()
+
+
+@pytest.mark.slow
+def test_sweep_bench_and_compare_use_the_monitored_overlap(tmp_path: Path) -> None:
+    import yaml
+
+    spec = {"method": "grid", "command": ["bioplaus", "run", "logger=wandb", "${args_no_hyphens}"],
+            "parameters": {"learner": {"value": "hopfield"}, "data.cue_flip": {"values": [0.1, 0.45]}}}
+    path = tmp_path / "memory_sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_cli("sweep", str(path), "--local", f"paths.runs={tmp_path}/runs", "threads=1")
+    assert result.returncode == 0, result.stderr
+    sweep_dir = Path(last_line(result.stdout))
+    assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["metric"] == {
+        "name": "best_val_overlap", "goal": "maximize"}
+    records = [json.loads(line) for line in (sweep_dir / "sweep.jsonl").read_text().splitlines()]
+    for record in records:
+        assert record["metric"] == summary_of(record["run_dir"])["best_val_overlap"]
+    best = json.loads((sweep_dir / "summary.json").read_text())["best"]
+    assert best["parameters"]["data.cue_flip"] == 0.1       # 10 % noise is repaired, 45 % is not
+    assert min(r["metric"] for r in records) < best["metric"]
+
+    out = tmp_path / "results"
+    small = ["data.neurons=200", "data.patterns=40", "learner.patterns_per_epoch=10", "trainer.epochs=4",
+             "learner.eval_samples=32", "threads=1"]
+    bench = run_cli("bench", "hopfield_capacity", "--seeds", "0", "1", "--name", "m", "--out", str(out),
+                    "--runs", str(tmp_path / "bench"), *small)
+    assert bench.returncode == 0, bench.stderr
+    row = json.loads((out / "m.json").read_text())["rows"][0]
+    values = [summary_of(d)["test_overlap"] for d in row["run_dirs"]]
+    assert row["metric"] == "overlap" and row["test_overlap_values"] == values
+    assert abs(row["test_overlap_mean"] - sum(values) / 2) < 1e-12
+    assert "| hopfield_capacity | hopfield | hopfield N=200, β=∞, factored | overlap " in (
+        out / "m.md").read_text()
+
+    compared = run_cli("compare", *row["run_dirs"])
+    assert compared.returncode == 0, compared.stderr
+    assert f"{values[0]:.4f} overlap" in compared.stdout
