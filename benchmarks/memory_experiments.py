@@ -9,13 +9,17 @@
 Writes ``benchmarks/results/memory_experiments.json`` and ``.md`` (machine, commit, command, load
 average) and copies each run's figure next to them:
 
-    python benchmarks/memory_experiments.py [--seeds 0 1 2] [--only capacity|hierarchy|fmnist]
+    python benchmarks/memory_experiments.py [--seeds 0 1 2] [--only capacity hierarchy fmnist]
+                                            [--neurons 1000 2000]
+
+Each part merges its rows into the results file as it ends, so parts can run side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -59,9 +63,10 @@ def _keep_figure(summary: dict[str, Any], name: str) -> str:
     return str(target.relative_to(RESULTS))
 
 
-def capacity(seeds: list[int]) -> list[dict[str, Any]]:
+def capacity(seeds: list[int], neurons: list[int]) -> list[dict[str, Any]]:
     rows = []
-    for n, step in ((1000, 10), (2000, 20)):
+    for n in neurons:
+        step = n // 100                                   # load steps of 0.01
         for seed in seeds[:1]:
             s = _run("hopfield_capacity", seed, f"data.neurons={n}", f"data.patterns={n // 4}",
                      f"learner.patterns_per_epoch={step}", f"trainer.batch_size={step}")
@@ -72,7 +77,7 @@ def capacity(seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def hierarchy(seeds: list[int]) -> list[dict[str, Any]]:
+def hierarchy(seeds: list[int], neurons: list[int]) -> list[dict[str, Any]]:
     summaries = [_run("multitask_hierarchy", seed) for seed in seeds]
     nets = sorted({int(k.split("_")[1][3:]) for k in summaries[0] if k.startswith("test_net")
                    and k.endswith("_dilution")})
@@ -93,7 +98,7 @@ def hierarchy(seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def fmnist(seeds: list[int]) -> list[dict[str, Any]]:
+def fmnist(seeds: list[int], neurons: list[int]) -> list[dict[str, Any]]:
     rows = []
     for experiment in ("hebbian_fmnist", "hebbian_fmnist_unsupervised"):
         for seed in seeds[:1]:
@@ -111,7 +116,7 @@ def fmnist(seeds: list[int]) -> list[dict[str, Any]]:
 def render(path: Path, payload: dict[str, Any]) -> None:
     lines = markdown_header(
         "Associative memory experiments", payload,
-        f"Commit {payload['commit']}; command `{payload['command']}`. The machine is shared with "
+        f"Commit {payload['commit']}; commands {payload['command']}. The machine is shared with "
         "other work: `load` is its 1-minute load average around each run. Figures in "
         "`memory/`.")
     cap = [r for r in payload["rows"] if r["experiment"] == "hopfield_capacity"]
@@ -151,24 +156,33 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=("capacity", "hierarchy", "fmnist"), nargs="+",
                         default=["capacity", "hierarchy", "fmnist"])
+    parser.add_argument("--neurons", type=int, nargs="+", default=[1000, 2000],
+                        help="capacity: network sizes")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out = RESULTS / "memory_experiments.json"
-    payload = {"rows": []}
-    if out.exists():
-        import json
-
-        payload = json.loads(out.read_text())
-    done = {"capacity": capacity, "hierarchy": hierarchy, "fmnist": fmnist}
+    parts = {"capacity": capacity, "hierarchy": hierarchy, "fmnist": fmnist}
     for part in args.only:
-        rows = done[part](args.seeds)
-        names = {r["experiment"] for r in rows}
-        payload["rows"] = [r for r in payload["rows"] if r["experiment"] not in names] + rows
+        rows = parts[part](args.seeds, args.neurons)
+        print(save(rows), flush=True)
+
+
+def save(rows: list[dict[str, Any]]) -> Path:
+    """Merge ``rows`` into the results file (read now: processes run side by side keep each
+    other's rows) and rewrite its JSON and Markdown."""
+    out = RESULTS / "memory_experiments.json"
+    command = "OMP_NUM_THREADS=1 python " + " ".join(["benchmarks/memory_experiments.py", *sys.argv[1:]])
+    for r in rows:
+        r["command"], r["commit"] = command, _commit()
+    payload: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    keys = {(r["experiment"], r.get("neurons")) for r in rows}
+    payload["rows"] = [r for r in payload["rows"] if (r["experiment"], r.get("neurons")) not in keys] + rows
+    payload["rows"].sort(key=lambda r: (r["experiment"], r.get("neurons") or 0))
     payload.update(machine=machine_description(torch.device("cpu")), torch=torch.__version__,
-                   updated=dt.date.today().isoformat(), commit=_commit(),
-                   command="python " + " ".join(["benchmarks/memory_experiments.py", *sys.argv[1:]]))
-    print(save_results(out, payload, render))
+                   updated=dt.date.today().isoformat(),
+                   commit=", ".join(sorted({r["commit"] for r in payload["rows"]})),
+                   command="; ".join(sorted({f"`{r['command']}`" for r in payload["rows"]})))
+    return save_results(out, payload, render)
 
 
 if __name__ == "__main__":
