@@ -19,7 +19,7 @@ Retrieval (`evaluate`): the circuit's dynamics run from each cue x (B, N) toward
     overlap              Mattis overlap m = (1/N) Σ_i y_i σ_i of the final state σ
     retrieved_fraction   fraction of cues with m ≥ 0.95
     energy               E(σ)/N,  flipped: fraction of spins flipped in the last sweep
-    load                 α = K_stored / N
+    load                 α = K_stored / N, patterns (or classes) stored so far
     archetype_accuracy   (several distinct targets) the target the final state overlaps most is the
                          cue's own — classification by the attractor
     ncm_accuracy         (supervised / unsupervised) nearest class mean: the class whose mean of
@@ -113,6 +113,9 @@ class HopfieldLearner(Learner):
         n = task.input_shape[0]
         if o.protocol == "unsupervised" and circuit.factored:
             raise UsageError("protocol=unsupervised stores every example: use circuit.couplings=dense.")
+        if o.eval_cues == "stored" and o.protocol != "hebb":
+            raise UsageError("learner.eval_cues=stored starts stored patterns from themselves: it needs "
+                             "learner.protocol=hebb.")
         if o.network_size and (not circuit.factored or self.k % o.network_size):
             raise UsageError(f"learner.network_size={o.network_size} needs circuit.couplings=factored and "
                              f"a number of stored patterns ({self.k}) that it divides.")
@@ -123,10 +126,6 @@ class HopfieldLearner(Learner):
         self.register_buffer("evaluations", torch.zeros((), dtype=torch.long))
         self.register_buffer("seed", torch.randint(0, 2**62, (), dtype=torch.long))
         self.last_eval: dict[str, Any] = {}
-
-    @property
-    def hopfield(self) -> Any:
-        return self.circuit
 
     # -- storage ----------------------------------------------------------------------------------
     @torch.no_grad()
