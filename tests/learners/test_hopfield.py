@@ -366,3 +366,19 @@ def test_sweep_bench_and_compare_use_the_monitored_overlap(tmp_path: Path) -> No
     compared = run_cli("compare", *row["run_dirs"])
     assert compared.returncode == 0, compared.stderr
     assert f"{values[0]:.4f} overlap" in compared.stdout
+
+
+def test_a_sweep_without_a_metric_optimises_the_runs_monitored_metric(tmp_path: Path) -> None:
+    import yaml
+
+    from bioplaus import sweep
+
+    for learner, metric in (("hopfield", "best_val_overlap"), ("backprop", "best_val_accuracy")):
+        spec = {"method": "grid", "parameters": {"learner": {"value": learner}},
+                "command": ["bioplaus", "run", "${args_no_hyphens}"]}
+        path = tmp_path / f"{learner}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        assert sweep.load(path, [])["metric"] == {"name": metric, "goal": "maximize"}
+    # trainer.monitor and monitor_mode given to every run decide it too
+    assert sweep.load(path, ["trainer.monitor=energy", "trainer.monitor_mode=min"])["metric"] == {
+        "name": "best_val_energy", "goal": "minimize"}
