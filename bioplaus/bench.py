@@ -64,6 +64,10 @@ def describe_circuit(circuit: Any, input_shape: list[int]) -> str:
                   if circuit.image_branch == "conv" else f"mlp {_widths(circuit.image_hidden)}")
         blocks = f"T={circuit.blocks} blocks" if circuit.variant == "dt" else "one shared block"
         return f"noprop_blocks, {blocks}: image {branch}, head {_widths(circuit.hidden)}"
+    if circuit.name == "hopfield":
+        beta = circuit.get("beta")
+        return (f"hopfield N={prod(input_shape)}, β={'∞' if beta is None else beta}, "
+                f"{circuit.get('couplings', 'dense')}")
     if circuit.name == "cnn":
         return f"cnn conv {_widths(circuit.channels)} → {_widths(circuit.hidden)}"
     return f"{circuit.name} {_widths([prod(input_shape), *circuit.get('hidden', [])])}"
@@ -87,17 +91,19 @@ def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> di
 
 def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row of an experiment's runs (one per seed)."""
-    accs = [s["test_accuracy"] for s in summaries]
     first = summaries[0]
+    metric = first.get("monitor", "accuracy")       # the runs' monitored metric, e.g. overlap
+    accs = [s[f"test_{metric}"] for s in summaries]
     return {
         "experiment": name,
         "learner": first["learner"],
         "circuit": first["circuit_description"],
         "data": first["data"],
         "seeds": [s["seed"] for s in summaries],
-        "test_accuracy_mean": statistics.mean(accs),
-        "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "test_accuracies": accs,
+        **({} if metric == "accuracy" else {"metric": metric}),
+        f"test_{metric}_mean": statistics.mean(accs),
+        f"test_{metric}_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "test_accuracies" if metric == "accuracy" else f"test_{metric}_values": accs,
         "epochs": first["epochs"],
         "epochs_completed": [s["epochs_completed"] for s in summaries],
         "best_epochs": [s.get("best_epoch") for s in summaries],
@@ -111,7 +117,7 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "torch": first["torch"],
         "paper": PUBLISHED.get(name, ""),
         "other_readouts": {k: v for k, v in first.items()
-                           if k.startswith("test_accuracy_") and isinstance(v, float)},
+                           if k.startswith(f"test_{metric}_") and isinstance(v, float)},
         "overrides": first["overrides"],
         "run_dirs": [s["run_dir"] for s in summaries],
     }
@@ -135,9 +141,15 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["rows"]:
-        acc = f"{100 * row['test_accuracy_mean']:.2f}"
-        if len(row["seeds"]) > 1:
-            acc += f" ± {100 * row['test_accuracy_std']:.2f}"
+        metric = row.get("metric", "accuracy")
+        if metric == "accuracy":
+            acc = f"{100 * row['test_accuracy_mean']:.2f}"
+            if len(row["seeds"]) > 1:
+                acc += f" ± {100 * row['test_accuracy_std']:.2f}"
+        else:  # a memory (or other) run: its monitored metric, named, as a fraction
+            acc = f"{metric} {row[f'test_{metric}_mean']:.4f}"
+            if len(row["seeds"]) > 1:
+                acc += f" ± {row[f'test_{metric}_std']:.4f}"
         source = f" (from {row['from']})" if row.get("from") else ""
         lines.append(
             f"| {row['experiment']}{source} | {row['learner']} | {row['circuit']} | {acc} "
@@ -151,7 +163,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     if extra:
         lines += ["", "Other readouts (first seed):", ""]
         for row in extra:
-            shown = ", ".join(f"{k.removeprefix('test_accuracy_')} {100 * v:.2f} %"
+            prefix = f"test_{row.get('metric', 'accuracy')}_"
+            shown = ", ".join(f"{k.removeprefix(prefix)} {100 * v:.2f} %"
                               for k, v in row["other_readouts"].items())
             lines.append(f"- {row['experiment']}: {shown}")
     path.write_text("\n".join(lines) + "\n")
@@ -255,7 +268,8 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         summaries = [run_experiment(experiment, seed, options["overrides"], options["runs"])
                      for seed in options["seeds"]]
         rows.append(aggregate(experiment, summaries))
-        shown = ("experiment", "test_accuracy_mean", "train_seconds_mean")
+        metric = rows[-1].get("metric", "accuracy")
+        shown = ("experiment", f"test_{metric}_mean", "train_seconds_mean")
         print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr, flush=True)
     rows += baselines
     # read the results file only now, so that benchmark processes run side by side keep each other's rows

@@ -339,8 +339,12 @@ def compare(args: list[str]) -> None:
         if not isinstance(summary, dict):
             raise UsageError(f"{run_dir / 'summary.json'} holds no mapping; it is not a run summary.")
         row = {"run": run_dir.name}
+        monitor = summary.get("monitor", "accuracy")
         for key in COMPARE_COLUMNS:
-            value = summary.get(key)
+            # the monitored metric of each run (accuracy for classifiers, e.g. overlap for memory)
+            value = summary.get(key.replace("accuracy", monitor))
+            if monitor != "accuracy" and key.endswith("accuracy"):
+                value = f"{value:.4f} {monitor}" if isinstance(value, float) else value
             if key == "peak_memory_bytes" and isinstance(value, (int, float)):
                 key, value = "peak_mem_mib", round(value / 2**20)
             elif isinstance(value, float):

@@ -213,6 +213,12 @@ class Learner(nn.Module):
         `bioplaus.plots.save_figure`, which use the Agg backend). A failure is logged and does not
         fail the run. Default: nothing."""
 
+    def report(self, run_dir: Any, summary: dict[str, Any]) -> dict[str, Any]:
+        """At the end of a completed run: draw the rule's figures into ``run_dir`` (its
+        ``metrics.jsonl`` holds every epoch) and return entries to add to ``summary.json``.
+        Default: nothing."""
+        return {}
+
     @classmethod
     def supports(cls, circuit_name: str) -> bool:
         """Whether this rule can train circuits of family ``circuit_name``."""

@@ -254,6 +254,9 @@ def load(cfg: Any, *, seed: int, device: str | torch.device) -> DataSplits:
     from bioplaus.registry import get_dataset
 
     loader = get_dataset(cfg.name)
+    splits = getattr(loader, "build_splits", None)
+    if splits is not None:  # a data set built from its own options (e.g. `patterns`)
+        return splits(cfg, seed=seed, device=device)
     root = Path(os.path.expanduser(str(cfg.root))) if cfg.get("root") else None
     raw = loader(root=root, download=bool(cfg.get("download", False)))
     return from_raw(
@@ -272,6 +275,10 @@ def check_available(cfg: Any) -> None:
     from bioplaus.registry import get_dataset
 
     loader = get_dataset(cfg.name)
+    check = getattr(loader, "check_config", None)
+    if check is not None:  # a data set built from its own options checks them all
+        check(cfg)
+        return
     probe = getattr(loader, "locate", None)
     if probe is not None:
         root = Path(os.path.expanduser(str(cfg.root))) if cfg.get("root") else None

@@ -410,6 +410,8 @@ class _Loop:
             test = self.learner.evaluate(self.data.test_x, self.data.test_y,
                                          int(cfg.trainer.eval_batch_size))
         summary = self._summary(status, reason, test)
+        if status == STATUS_COMPLETED:
+            summary.update(self.learner.report(self.run_dir, summary))
         write_json(self.run_dir / "summary.json", summary)
         if cfg.get("plots", True):  # curves.png and the learner's own pictures
             plots.write_run_figures(self.run_dir, self.learner, self.monitor, self.monitor_mode, self.log)

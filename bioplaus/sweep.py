@@ -41,8 +41,21 @@ from bioplaus.errors import RunFailed, UsageError
 SWEEP_DIR = Path(str(resources.files("bioplaus.configs") / "sweeps"))
 METHODS = ("grid", "random", "bayes")
 ARGS = "${args_no_hyphens}"
-#: summary.json keys a sweep can optimise without a run to look at
-DEFAULT_METRIC = {"name": "best_val_accuracy", "goal": "maximize"}
+
+
+def default_metric(overrides: list[str]) -> dict[str, str]:
+    """The metric of a spec that names none: ``best_val_<monitor>`` of the runs' learner, the
+    metric their ``summary.json`` calls ``monitor`` (``trainer.monitor`` or the learner's own),
+    with its direction."""
+    from bioplaus import registry
+    from bioplaus.config import compose
+
+    cfg = compose(overrides, check=False)
+    metric, mode = registry.get_learner(str(cfg.learner.name)).monitor
+    if cfg.trainer.get("monitor") is not None and str(cfg.trainer.monitor) != metric:
+        metric, mode = str(cfg.trainer.monitor), "max"
+    mode = str(cfg.trainer.get("monitor_mode") or mode)
+    return {"name": f"best_val_{metric}", "goal": "maximize" if mode == "max" else "minimize"}
 
 
 def _sweeps_package() -> Any:
@@ -137,7 +150,15 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
         if not isinstance(entry, dict) or "parameters" in entry:
             raise UsageError(f"sweep file {path}: parameter '{key}' must be a flat config key "
                              "(learner.lr) with value, values or a distribution.")
-    spec.setdefault("metric", dict(DEFAULT_METRIC))
+    if "program" in spec:
+        raise UsageError(f"sweep file {path}: 'program' is not used; a bioplaus sweep runs "
+                         f"`bioplaus run` (its 'command').")
+    program, fixed = check_command(path, spec.get("command", ["bioplaus", "run", "logger=wandb", ARGS]))
+    spec["command"] = [*program, "run", *fixed, ARGS]  # rebuilt from the checked parts
+    if "metric" not in spec:
+        first = [f"{key}={format_value(_sample_values(entry)[0])}" for key, entry in params.items()
+                 if _sample_values(entry)]
+        spec["metric"] = default_metric([*first, *fixed, *extra_overrides])
     metric = spec["metric"]
     if not isinstance(metric, dict) or "name" not in metric:
         raise UsageError(f"sweep file {path}: 'metric' needs a name (a summary.json key such as "
@@ -146,11 +167,6 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
     if metric["goal"] not in ("maximize", "minimize"):
         raise UsageError(f"sweep file {path}: metric goal must be maximize or minimize; "
                          f"got {metric['goal']!r}.")
-    if "program" in spec:
-        raise UsageError(f"sweep file {path}: 'program' is not used; a bioplaus sweep runs "
-                         f"`bioplaus run` (its 'command').")
-    program, fixed = check_command(path, spec.get("command", ["bioplaus", "run", "logger=wandb", ARGS]))
-    spec["command"] = [*program, "run", *fixed, ARGS]  # rebuilt from the checked parts
     checked = [f"{key}={format_value(v)}" for key, entry in params.items() for v in _sample_values(entry)]
     for override in [*checked, *fixed]:
         if "${" in override:
