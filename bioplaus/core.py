@@ -205,6 +205,12 @@ class Learner(nn.Module):
         """Rule-specific figures for ``summary.json``."""
         return {}
 
+    def write_figures(self, run_dir: Any, data: Any = None) -> list[Any]:
+        """Draw the rule's pictures into ``run_dir`` once a run has ended (the engine calls it after
+        ``summary.json`` is written; ``data`` is the run's `DataSplits`). Returns the files written.
+        Default: none."""
+        return []
+
     @classmethod
     def supports(cls, circuit_name: str) -> bool:
         """Whether this rule can train circuits of family ``circuit_name``."""

@@ -3,6 +3,7 @@
 from bioplaus.learners import (
     backprop,
     counter_current,
+    dcls,
     forward_forward,
     local_aux,
     mono_forward,
@@ -10,4 +11,5 @@ from bioplaus.learners import (
     tpsgd,
 )
 
-__all__ = ["backprop", "counter_current", "forward_forward", "local_aux", "mono_forward", "noprop", "tpsgd"]
+__all__ = ["backprop", "counter_current", "dcls", "forward_forward", "local_aux", "mono_forward", "noprop",
+           "tpsgd"]

@@ -21,7 +21,7 @@ class Backprop(Learner):
     """Cross-entropy on the circuit's head, gradient through every block."""
 
     name = "backprop"
-    circuits = ("mlp", "cnn", "rnn", "g2g")
+    circuits = ("mlp", "cnn", "rnn", "g2g", "snn")
 
     def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
                  weight_decay: float = 0.0, momentum: float = 0.9):
