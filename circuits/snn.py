@@ -39,7 +39,7 @@ membranes over time are the readout, and `forward` returns the class scores
 score_c = Σ_t softmax(U[t])_c (the readout of the paper's code; a cross-entropy on it is the
 paper's loss, see `learners/dcls.py`).
 
-Layout. Data are (batch, T, channels) — ``input_layout = "batch_time"`` — so the engine stores,
+Layout. Spiking data are (batch, T, channels) — ``input_layout = "batch_time"`` — so the engine stores,
 shuffles and splits them along dim 0 like any other data; the circuit transposes to (T, batch,
 channels) inside, the layout of multi-step neuron kernels (SpikingJelly's ``lif_multi_step``,
 one time step per loop iteration of snnTorch), where a step is a contiguous slice.
@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bioplaus.circuits.rnn import as_sequence, sequence_shape
 from bioplaus.core import Circuit, Task
 from bioplaus.errors import UsageError
 from bioplaus.options import CircuitOptions, option
@@ -307,15 +308,12 @@ class SNN(Circuit):
     def __init__(self, task: Task, head: bool = True, **options: Any):
         super().__init__(task, **options)
         o = self.options
-        if len(task.input_shape) != 2:
-            raise UsageError(f"circuit 'snn' reads (time, channels) inputs; got examples of shape "
-                             f"{tuple(task.input_shape)}. Use a spiking data set (temporal, shd, ssc).")
         if o.delays and o.max_delay % 2 == 0:
             raise UsageError(f"circuit.max_delay must be odd with circuit.delays=true "
                              f"(delays span 0..T_d−1 around a centred tap); got {o.max_delay}.")
         if any(w <= 0 for w in o.hidden):
             raise UsageError(f"circuit.hidden widths must be positive; got {list(o.hidden)}.")
-        self.steps, features = int(task.input_shape[0]), int(task.input_shape[1])
+        self.steps, features = sequence_shape(tuple(task.input_shape))
         for width in o.hidden:
             self.blocks.append(SpikingBlock(self._synapse(features, width), width, o.tau, o.alpha,
                                             o.neurons, o.batchnorm, o.dropout))
@@ -369,7 +367,7 @@ class SNN(Circuit):
     def layer_outputs(self, x: Tensor, quantised: bool = False) -> list[Tensor]:
         """Every block's output for (batch, T, channels) input, time first: spikes (T_l, batch,
         n_l) of each hidden block, then (with a head) the output membranes (T', batch, C)."""
-        h = x.transpose(0, 1)
+        h = as_sequence(x).transpose(0, 1)
         outs = []
         for block in self.blocks:
             h = block(h, quantised)
@@ -403,7 +401,7 @@ class SNN(Circuit):
         """
         if not self.has_head:
             raise UsageError("circuit 'snn' was built without its output layer (head=False).")
-        xs = x.transpose(0, 1)
+        xs = as_sequence(x).transpose(0, 1)
         batch, total = xs.shape[1], self.output_steps()
         kernels, leaves = [], []
         for syn in self.synapses():

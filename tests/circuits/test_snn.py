@@ -130,10 +130,10 @@ def test_step_by_step_run_computes_the_same_readout_as_the_full_sequence(delays)
     assert torch.allclose(steps, full, atol=1e-5)
 
 
-def test_odd_max_delay_and_time_channel_inputs_are_required():
+def test_odd_max_delay_is_required_and_images_are_read_row_by_row():
     from bioplaus.errors import UsageError
 
     with pytest.raises(UsageError, match="max_delay must be odd"):
         SNN(Task((10, 4), 2), hidden=[4], delays=True, max_delay=4)
-    with pytest.raises(UsageError, match="time, channels"):
-        SNN(Task((1, 8, 8), 2), hidden=[4])
+    net = SNN(Task((1, 8, 8), 3), hidden=[4])
+    assert net.steps == 8 and net(torch.rand(2, 1, 8, 8)).shape == (2, 3)
