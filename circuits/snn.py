@@ -427,7 +427,9 @@ class SNN(Circuit):
         masks = [None] * len(self.blocks)
         readout = []
         for t in range(total):
-            h = xs[t] if t < self.steps else xs.new_zeros(batch, xs.shape[2])
+            # a copy of step t's input: what the step's graph keeps is this step's slice, not the
+            # storage of the whole sequence
+            h = xs[t].clone() if t < self.steps else xs.new_zeros(batch, xs.shape[2])
             for i, block in enumerate(self.blocks):
                 syn = block.synapse
                 if syn.has_delays:
