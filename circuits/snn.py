@@ -29,8 +29,10 @@ width σ (renormalised to sum 1, so w_ij stays the synapse's total efficacy):
 
     k_ij[n] = w_ij g_ij[n] / Σ_m g_ij[m],   g_ij[n] = exp(−½ ((n − p_ij − ⌊T_d/2⌋)/σ)²),   σ = s + 0.27,
 
-with s a frozen value the learner schedules (`set_sigma`). ``quantised=True`` evaluates with
-integer delays instead — positions rounded, one-hot taps — without touching any parameter.
+with s a frozen value the learner schedules (`set_sigma`). As in the paper's code, weights start
+Kaiming-uniform (ReLU gain) and positions uniform in [−⌊T_d/2⌋, ⌊T_d/2⌋]; synapses have no bias.
+``quantised=True`` evaluates with integer delays instead — positions rounded, one-hot taps —
+without touching any parameter.
 
 Block l (hidden): synapse → BatchNorm over channels (statistics over batch × time) → LIF →
 dropout on the spikes (one mask per example and neuron, shared by every time step). The output

@@ -2,6 +2,10 @@
 
     L = CE(softmax(F(x)), y),    θ ← opt(θ, ∇_θ L)   for every parameter θ of the circuit F.
 
+On the spiking circuit `snn` the circuit's output is the score Σ_t softmax(U[t]) of its output
+membranes, so this is full backpropagation through time on the loss of the `dcls` rule, with one
+optimiser for weights (and delay positions, when the circuit has them).
+
 Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors", Nature 1986.
 """
 
