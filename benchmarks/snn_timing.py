@@ -17,6 +17,7 @@ import datetime as dt
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
     payload = {"machine": machine_description(device), "torch": torch.__version__, "commit": commit,
-               "command": "python benchmarks/snn_timing.py", "args": vars(args),
+               "command": " ".join(["python", "benchmarks/snn_timing.py", *(argv if argv is not None
+                                                                            else sys.argv[1:])]),
+               "args": vars(args),
                "updated": dt.date.today().isoformat(), "rows": rows}
     print(save_results(HERE / "results" / "snn_timing.json", payload, write_markdown))
 
