@@ -62,10 +62,12 @@ def delay_histogram(circuit: Any, path: Path) -> Path:
     plt = _pyplot()
     layers = circuit.delay_synapses()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.6), squeeze=False)
-    for i, (ax, syn) in enumerate(zip(axes[0], layers, strict=True)):
+    names = {id(b.synapse): (f"into hidden {i + 1}" if hasattr(b, "neuron") else "into the output")
+             for i, b in enumerate(circuit.blocks)}
+    for ax, syn in zip(axes[0], layers, strict=True):
         d = syn.delays().flatten().cpu().numpy()
         ax.hist(d, bins=range(syn.max_delay + 1), color="0.3")
-        ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.set_title(f"delays {names[id(syn)]}", fontsize=9)
         ax.set_xlabel("delay (steps)")
     axes[0][0].set_ylabel("synapses")
     fig.tight_layout()
