@@ -184,9 +184,10 @@ class Dcls(Learner):
         return self.snn(x, quantised=True)
 
     def rule_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"bptt": self.options.bptt, "sigma": round(self.sigma, 4)}
+        out: dict[str, Any] = {"bptt": self.options.bptt}
         syn = self.snn.delay_synapses()
         if syn:
+            out["sigma"] = round(syn[0].sigma, 4)  # read from the synapse: right after a resume too
             d = torch.cat([s.delays().flatten() for s in syn]).float()
             out["delay_mean_steps"] = round(float(d.mean()), 3)
             out["delay_max_steps"] = int(d.max())
