@@ -206,12 +206,14 @@ class Learner(nn.Module):
         """Rule-specific figures for ``summary.json``."""
         return {}
 
-    def write_figures(self, run_dir: Path) -> None:
+    def write_figures(self, run_dir: Path, data: Any = None) -> list[Path]:
         """Draw rule-specific pictures (receptive fields, rasters, recalled patterns) into
         ``run_dir`` as PNG files when a run ends, beside the engine's ``curves.png``; skipped with
-        ``plots=false``. Import matplotlib inside (use `bioplaus.plots.new_figure` and
-        `bioplaus.plots.save_figure`, which use the Agg backend). A failure is logged and does not
-        fail the run. Default: nothing."""
+        ``plots=false``. ``data`` is the run's `DataSplits` (e.g. to draw a test example). Import
+        matplotlib inside (use `bioplaus.plots.new_figure` and `bioplaus.plots.save_figure`, which
+        use the Agg backend). A failure is logged and does not fail the run. Returns the files
+        written. Default: none."""
+        return []
 
     def report(self, run_dir: Any, summary: dict[str, Any]) -> dict[str, Any]:
         """At the end of a completed run: draw the rule's figures into ``run_dir`` (its

@@ -249,6 +249,9 @@ def from_tensors(
     return from_raw(raw, val_fraction=val_fraction, normalize=normalize, seed=seed, device=device)
 
 
+COMMON_KEYS = ("name", "root", "download", "val_fraction", "normalize", "train_subset")
+
+
 def load(cfg: Any, *, seed: int, device: str | torch.device) -> DataSplits:
     """Load the data set named ``cfg.name`` with the options of a ``data`` config group."""
     from bioplaus.registry import get_dataset
@@ -258,7 +261,9 @@ def load(cfg: Any, *, seed: int, device: str | torch.device) -> DataSplits:
     if splits is not None:  # a data set built from its own options (e.g. `patterns`)
         return splits(cfg, seed=seed, device=device)
     root = Path(os.path.expanduser(str(cfg.root))) if cfg.get("root") else None
-    raw = loader(root=root, download=bool(cfg.get("download", False)))
+    # keys beyond the common ones are the data set's own options (e.g. `temporal`'s seed, `shd`'s dt_ms)
+    extra = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
+    raw = loader(root=root, download=bool(cfg.get("download", False)), **extra)
     return from_raw(
         raw,
         name=cfg.name,

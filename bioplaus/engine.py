@@ -414,7 +414,8 @@ class _Loop:
             summary.update(self.learner.report(self.run_dir, summary))
         write_json(self.run_dir / "summary.json", summary)
         if cfg.get("plots", True):  # curves.png and the learner's own pictures
-            plots.write_run_figures(self.run_dir, self.learner, self.monitor, self.monitor_mode, self.log)
+            plots.write_run_figures(self.run_dir, self.learner, self.monitor, self.monitor_mode, self.log,
+                                    self.data)
         if status == STATUS_COMPLETED:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                               if k.startswith(f"test_{self.monitor}") and isinstance(v, float))

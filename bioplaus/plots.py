@@ -220,11 +220,11 @@ def attempt(what: str, draw: Callable[[], Any], log: Callable[[str], None]) -> N
 
 
 def write_run_figures(run_dir: str | Path, learner: Any, monitor: str, mode: str,
-                      log: Callable[[str], None]) -> None:
+                      log: Callable[[str], None], data: Any = None) -> None:
     """What the engine draws when a run ends: ``curves.png``, then the learner's own pictures
-    (`Learner.write_figures`), each through `attempt`."""
+    (`Learner.write_figures`, given the run's data), each through `attempt`."""
     attempt("curves.png", lambda: draw_curves(run_dir, monitor, learner.loss_metric, mode), log)
-    attempt(f"the {learner.name} figures", lambda: learner.write_figures(Path(run_dir)), log)
+    attempt(f"the {learner.name} figures", lambda: learner.write_figures(Path(run_dir), data), log)
 
 
 # -- several runs ---------------------------------------------------------------------------------

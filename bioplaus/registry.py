@@ -58,6 +58,7 @@ def _load() -> None:
     importlib.import_module("bioplaus.learners")
     importlib.import_module("bioplaus.data")
     importlib.import_module("bioplaus.patterns")
+    importlib.import_module("bioplaus.spiking_data")
     for group in ("bioplaus.circuits", "bioplaus.learners", "bioplaus.data"):
         for ep in entry_points(group=group):
             ep.load()

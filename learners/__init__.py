@@ -3,6 +3,7 @@
 from bioplaus.learners import (
     backprop,
     counter_current,
+    dcls,
     forward_forward,
     hopfield,
     local_aux,
@@ -11,5 +12,5 @@ from bioplaus.learners import (
     tpsgd,
 )
 
-__all__ = ["backprop", "counter_current", "forward_forward", "hopfield", "local_aux", "mono_forward",
+__all__ = ["backprop", "counter_current", "dcls", "forward_forward", "hopfield", "local_aux", "mono_forward",
            "noprop", "tpsgd"]

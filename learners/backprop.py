@@ -2,6 +2,10 @@
 
     L = CE(softmax(F(x)), y),    θ ← opt(θ, ∇_θ L)   for every parameter θ of the circuit F.
 
+On the spiking circuit `snn` the circuit's output is the score Σ_t softmax(U[t]) of its output
+membranes, so this is full backpropagation through time on the loss of the `dcls` rule, with one
+optimiser for weights (and delay positions, when the circuit has them).
+
 Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors", Nature 1986.
 """
 
@@ -21,7 +25,7 @@ class Backprop(Learner):
     """Cross-entropy on the circuit's head, gradient through every block."""
 
     name = "backprop"
-    circuits = ("mlp", "cnn", "rnn", "g2g")
+    circuits = ("mlp", "cnn", "rnn", "g2g", "snn")
 
     def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
                  weight_decay: float = 0.0, momentum: float = 0.9):

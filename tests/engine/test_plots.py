@@ -78,7 +78,7 @@ def test_plots_false_draws_nothing_and_plots_must_be_a_boolean(tmp_path: Path, m
     from learners.backprop import Backprop
 
     drawn: list[Path] = []
-    monkeypatch.setattr(Backprop, "write_figures", lambda self, run_dir: drawn.append(run_dir),
+    monkeypatch.setattr(Backprop, "write_figures", lambda self, run_dir, data=None: drawn.append(run_dir),
                         raising=False)
     on = Path(_run(tmp_path, "learner=backprop", "trainer.epochs=1")["run_dir"])
     assert drawn == [on] and (on / "curves.png").is_file()  # the hook runs beside curves.png
@@ -92,7 +92,7 @@ def test_plots_false_draws_nothing_and_plots_must_be_a_boolean(tmp_path: Path, m
 def test_a_failed_picture_is_logged_and_does_not_fail_the_run(tmp_path: Path, monkeypatch) -> None:
     from learners.backprop import Backprop
 
-    def broken(self, run_dir: Path) -> None:
+    def broken(self, run_dir: Path, data=None) -> None:
         raise ValueError("broken picture")
 
     monkeypatch.setattr(Backprop, "write_figures", broken, raising=False)
