@@ -68,7 +68,7 @@ def _input_spikes(counts: np.ndarray, cmax: int) -> tuple[np.ndarray, np.ndarray
     return index.astype(np.int64), t[rep].astype(np.int64)
 
 
-def _run_chunk(params: dict, counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+def _run_chunk(params: dict, counts: np.ndarray, layered: bool) -> tuple[list[np.ndarray], np.ndarray]:
     import brian2 as b2
 
     b2.prefs.codegen.target = "numpy"
@@ -101,7 +101,7 @@ def _run_chunk(params: dict, counts: np.ndarray) -> tuple[list[np.ndarray], np.n
             reset="v = 0" if spiking else None, dt=dt, name=f"layer{l}")
         group.bias = np.tile(bias, batch)
         group.run_regularly("v = decay * v + bias", when="start", order=l, name=f"leak{l}")
-        if spiking:
+        if spiking and layered:
             group.thresholder["spike"].when, group.thresholder["spike"].order = "thresholds", 3 * l + 2
             group.resetter["spike"].when, group.resetter["spike"].order = "thresholds", 3 * l + 3
         post, pre = np.nonzero(w != 0)
@@ -116,7 +116,8 @@ def _run_chunk(params: dict, counts: np.ndarray) -> tuple[list[np.ndarray], np.n
         syn.connect(i=pre_i, j=post_i)
         syn.w = np.repeat(np.tile(w[post, pre], batch), fan)
         syn.delay = np.repeat(np.tile(d[post, pre], batch), fan) * dt
-        syn.pre.when, syn.pre.order = "thresholds", 3 * l + 1
+        if layered:
+            syn.pre.when, syn.pre.order = "thresholds", 3 * l + 1
         objects += [group, syn]
         groups.append(group)
         prev = group
@@ -141,13 +142,14 @@ def _run_chunk(params: dict, counts: np.ndarray) -> tuple[list[np.ndarray], np.n
     return spikes, u
 
 
-def simulate(params: dict, x: np.ndarray, chunk: int | None = None) -> dict:
+def simulate(params: dict, x: np.ndarray, chunk: int | None = None, layered: bool = True) -> dict:
     """Simulate the exported net on ``x`` (batch, T, channels) of non-negative integer spike counts.
 
     Returns ``spikes``: one (batch, T', n_l) uint8 raster per hidden layer (T' = the readout
     length, zero after the layer's own length), ``membranes``: (batch, T', C) readout membranes
     U[t], ``scores`` (batch, C) Σ_t softmax(U[t]) and ``predictions`` (batch,).
-    Raises ValueError for inputs that are not counts or of the wrong shape.
+    ``layered=False`` keeps Brian2's default schedule instead (one extra step per layer: for
+    comparison only). Raises ValueError for inputs that are not counts or of the wrong shape.
     """
     x = np.asarray(x)
     channels = np.asarray(params["w0"]).shape[1]
@@ -166,7 +168,7 @@ def simulate(params: dict, x: np.ndarray, chunk: int | None = None) -> dict:
     spikes: list[list[np.ndarray]] = []
     membranes = []
     for start in range(0, x.shape[0], chunk):
-        s, u = _run_chunk(params, counts[start:start + chunk])
+        s, u = _run_chunk(params, counts[start:start + chunk], layered)
         spikes.append(s)
         membranes.append(u)
     u = np.concatenate(membranes)
