@@ -161,10 +161,11 @@ def simulate(params: dict, x: np.ndarray, chunk: int | None = None, layered: boo
     if (counts != x).any() or (counts < 0).any():
         raise ValueError("x must hold non-negative integer spike counts")
     layers = layer_count(params)
-    synapses = sum(int(np.count_nonzero(params[f"w{l}"])) for l in range(layers))
     cmax = max(1, int(counts.max(initial=0)))
+    synapses = cmax * int(np.count_nonzero(params["w0"]))  # the input layer's, per sub-channel
+    synapses += sum(int(np.count_nonzero(params[f"w{l}"])) for l in range(1, layers))
     if chunk is None:
-        chunk = max(1, MAX_SYNAPSES_PER_RUN // max(1, synapses * cmax))
+        chunk = max(1, MAX_SYNAPSES_PER_RUN // max(1, synapses))
     spikes: list[list[np.ndarray]] = []
     membranes = []
     for start in range(0, x.shape[0], chunk):

@@ -125,6 +125,28 @@ def test_spike_counts_above_one_are_delivered_whole():
     np.testing.assert_allclose(brian["membranes"], reference["membranes"], atol=1e-12)
 
 
+@pytest.mark.parametrize(("delays", "neurons"), [(True, "spikingjelly"), (False, "snntorch")])
+def test_random_two_layer_net_with_batchnorm_matches(delays, neurons, tmp_path):
+    """Two spiking layers (zero latency between them), BatchNorm with non-trivial statistics,
+    counts up to 3: every spike and the readout agree."""
+    torch.manual_seed(1)
+    net = SNN(Task((12, 4), 3), hidden=[6, 5], delays=delays, max_delay=5, tau=1.5, neurons=neurons)
+    with torch.no_grad():
+        for block in net.blocks[:-1]:
+            block.synapse.weight.mul_(3.0) if not delays else block.synapse.conv.weight.mul_(3.0)
+            block.norm.running_mean.uniform_(-0.2, 0.2)
+            block.norm.running_var.uniform_(0.5, 1.5)
+            block.norm.weight.uniform_(0.5, 1.5)
+            block.norm.bias.uniform_(-0.1, 0.3)
+    net.eval()
+    x = np.random.default_rng(0).poisson(0.4, size=(20, 12, 4)).clip(0, 3).astype(float)
+    script = write_export(network_params(net), tmp_path / "net.py")
+    report = check(net, script, x)
+    assert report["torch_spikes"] > 20  # the net fires: the agreement is not trivial
+    assert report["identical_spikes"] == 1.0 and report["identical_predictions"] == 1.0
+    assert report["max_membrane_difference"] < 1e-9
+
+
 def test_batchnorm_folds_into_a_scale_and_a_constant_current():
     torch.manual_seed(0)
     norm = torch.nn.BatchNorm1d(5)
