@@ -80,7 +80,7 @@ def main() -> None:
                             cwd=HERE).stdout.strip()
     command = "python benchmarks/brian2_check.py"
     if args.default:
-        command += " --default RUN_DIR (RUN_DIR: `bioplaus run learner=dcls device=cpu threads=1`)"
+        command += " --default RUN_DIR, RUN_DIR made by: bioplaus run learner=dcls device=cpu threads=1"
     payload = {"machine": machine_description(torch.device("cpu")), "torch": torch.__version__,
                "brian2": __import__("brian2").__version__, "commit": commit, "command": command,
                "updated": dt.date.today().isoformat(), "rows": rows}

@@ -22,7 +22,7 @@ predictions and the readout membranes U[t]. It passes when at least ``SPIKE_TOLE
 spikes and ``PREDICTION_TOLERANCE`` of the predictions are identical; otherwise the command exits 1.
 
 Errors (exit 2, nothing written): a missing run folder, a run that is not finished or not of the
-`snn` circuit, brian2 not installed (``pip install 'bioplaus[export]'``).
+`snn` circuit, inputs that are not spike counts, brian2 not installed (``pip install 'bioplaus[export]'``).
 """
 
 from __future__ import annotations
@@ -247,6 +247,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, check_example
     script = Path(out) if out is not None else Path(run_dir) / "brian2_net.py"
     params = network_params(circuit)
     test_x, test_y = data.test_x.cpu().numpy(), data.test_y.cpu().numpy()
+    if (test_x < 0).any() or (np.rint(test_x) != test_x).any():
+        raise UsageError(f"export brian2 feeds the net spikes: the inputs of {run_dir} are not "
+                         f"non-negative integer spike counts (e.g. normalised images; use a "
+                         f"spiking data set with data.normalize=none).")
     write_export(params, script, test_x, test_y, source=str(Path(run_dir)))
     print(f"wrote {script} and {script.with_suffix('.npz')}", file=stream, flush=True)
     if not check_examples:
