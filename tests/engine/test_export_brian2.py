@@ -207,6 +207,37 @@ def test_a_non_snn_run_exits_2(tmp_path, capsys):
     assert not (Path(run_dir) / "brian2_net.py").exists()
 
 
+@pytest.mark.slow
+def test_an_snn_run_on_images_exits_2(tmp_path, capsys):
+    import bioplaus
+
+    cfg = bioplaus.compose(["learner=backprop", "circuit=snn", "circuit.hidden=[4]", "data=digits",
+                            "data.train_subset=100", "trainer.epochs=1", "device=cpu",
+                            f"paths.runs={tmp_path}", "trainer.progress=none"])
+    run_dir = bioplaus.train(cfg, quiet=True)["run_dir"]
+    code, err = _exit_code(["export", "brian2", run_dir], capsys)
+    assert code == 2 and "spike counts" in err
+    assert not (Path(run_dir) / "brian2_net.py").exists()
+
+
+def test_cli_exports_and_exits_1_when_the_check_fails(tmp_path, capsys, monkeypatch):
+    import bioplaus
+    from bioplaus import export_brian2
+
+    cfg = bioplaus.compose(["learner=dcls", "device=cpu", f"paths.runs={tmp_path}",
+                            "trainer.progress=none", "trainer.epochs=1", "circuit.hidden=[4]",
+                            "circuit.max_delay=5", "data.channels=3", "data.steps=10", "data.gap=1",
+                            "data.train=64", "data.test=16", "trainer.batch_size=32"])
+    run_dir = bioplaus.train(cfg, quiet=True)["run_dir"]
+    out = tmp_path / "exported" / "net.py"
+    cli.main(["export", "brian2", run_dir, "--out", str(out), "--check", "16"])
+    printed = capsys.readouterr().out
+    assert out.exists() and out.with_suffix(".npz").exists() and "PASS" in printed
+    monkeypatch.setattr(export_brian2, "SPIKE_TOLERANCE", 1.1)  # no check can reach it
+    code, _ = _exit_code(["export", "brian2", run_dir, "--out", str(out), "--check", "16"], capsys)
+    assert code == 1
+
+
 def test_bad_arguments_exit_2(capsys):
     code, err = _exit_code(["export", "nest", "somewhere"], capsys)
     assert code == 2 and "usage: bioplaus export brian2" in err
