@@ -32,6 +32,8 @@ commands:
   compare RUN_DIR... [--plot FILE]
                        one table of the summaries of several runs (also a parent folder of runs);
                        --plot draws their validation curves and test metric (seeds pooled) into FILE
+  export brian2 RUN_DIR [--out FILE] [--check N]
+                       a trained snn run as a Brian2 script; --check N compares N test examples
 
 The run directory is printed as the last line. Exit codes: 0 done, 1 run failed or diverged,
 2 usage error."""
@@ -370,14 +372,15 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command == "run":
         run(rest)
-    elif command in ("list", "compare", "sweep", "bench"):
-        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep, "bench": bench}[command]
+    elif command in ("list", "compare", "sweep", "bench", "export"):
+        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep, "bench": bench,
+                   "export": lambda a: __import__("bioplaus.export_brian2").export_brian2.main(a)}[command]
         try:
             handler(rest)
         except UsageError as e:
             _error(str(e))
     else:
-        _error(f"unknown command '{command}'. Valid commands: run, sweep, bench, list, compare.")
+        _error(f"unknown command '{command}'. Valid commands: run, sweep, bench, list, compare, export.")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class LIF(nn.Module):
         mem = state
         for t in range(current.shape[0]):
             spk, mem = self.leaky(current[t], mem)
-            out.append(spk)
+            out.append(spk.to(current.dtype))  # snnTorch's spikes are float32 whatever the input
         return torch.stack(out), mem
 
     def extra_repr(self) -> str:
