@@ -205,6 +205,11 @@ class Learner(nn.Module):
         """Rule-specific figures for ``summary.json``."""
         return {}
 
+    def write_figures(self, run_dir: Any) -> list[Any]:
+        """Draw the rule's pictures (e.g. receptive fields) into ``run_dir``; return their paths.
+        The engine calls it once after a completed run's summary. Default: none."""
+        return []
+
     @classmethod
     def supports(cls, circuit_name: str) -> bool:
         """Whether this rule can train circuits of family ``circuit_name``."""

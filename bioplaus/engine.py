@@ -409,6 +409,9 @@ class _Loop:
         summary = self._summary(status, reason, test)
         write_json(self.run_dir / "summary.json", summary)
         if status == STATUS_COMPLETED:
+            for figure in self.learner.write_figures(self.run_dir):
+                self.log(f"figure: {figure}")
+        if status == STATUS_COMPLETED:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                               if k.startswith(f"test_{self.monitor}") and isinstance(v, float))
             self.log(f"done: {shown}; {summary['train_seconds']:.1f} s training, "

@@ -4,10 +4,12 @@ from bioplaus.learners import (
     backprop,
     counter_current,
     forward_forward,
+    hebbian,
     local_aux,
     mono_forward,
     noprop,
     tpsgd,
 )
 
-__all__ = ["backprop", "counter_current", "forward_forward", "local_aux", "mono_forward", "noprop", "tpsgd"]
+__all__ = ["backprop", "counter_current", "forward_forward", "hebbian", "local_aux", "mono_forward", "noprop",
+           "tpsgd"]
