@@ -29,7 +29,9 @@ Under this rule each row W_μ that wins converges to unit p-norm, ‖W_μ‖_p =
     η_k = ε · (|‖W_k‖₂ − 1| + 10⁻¹⁰)^q              adaptive rate (``adaptive_lr``, q = ``lr_norm_power``)
 
 On a ``cnn`` block v runs over every input patch of every example (unfolded with the
-convolution's own kernel and padding); u is the convolution's output there.
+convolution's own kernel and padding); u is the convolution's output there, and the competition
+runs over the channels at each position. The same patch view serves ``krotov`` and ``oja`` on
+convolutions (an extension of ours: their papers treat dense layers).
 
 ``oja`` (Oja's subspace rule, the plain linear baseline):
 
@@ -39,10 +41,11 @@ With no more units than inputs the rows converge to an orthonormal basis of the 
 subspace of v's second moment. The step is divided by the batch's mean input power ⟨‖v‖²⟩ so that
 one ε suits inputs of any dimension and scale (plain Oja diverges for ε‖v‖² ≳ 1).
 
-Layer outputs and features. Hidden block l passes on h_l = φ(W_l h_{l−1}) (a conv block pools
-after φ, with its own pooling): φ(z) = max(z, 0)^n, n = ``power`` (n = 1 is ReLU; the rectified
-power units of the Krotov paper; for ``oja`` the rule itself stays linear in y = W v). The
-circuit's own activation is not used; hidden biases are set to zero and stay there. The readout sees sg(h_L):
+Layer outputs and features. Hidden block l passes on h_l = max(W_l h_{l−1}, 0) (a conv block
+pools after it, with its own pooling); the last hidden block gives the readout's features
+f = max(W_L h_{L−1}, 0)^n, n = ``power`` (the rectified power units of the Krotov paper; n = 1 is
+ReLU; for ``oja`` the rule itself stays linear in y = W v). The circuit's own activation is not
+used; hidden biases are set to zero and stay there. The readout sees sg(h_L):
 
 * ``readout=linear``: logits = A h_L + a, cross-entropy.
 * ``readout=krotov`` (the paper's): c = tanh(β S h_L), targets t = ±1 (one-hot mapped to ±1), loss
@@ -205,10 +208,6 @@ class Hebbian(Learner):
         if not blocks:
             raise UsageError("hebbian needs a circuit with at least one hidden block (circuit.hidden).")
         for block in blocks:
-            conv = hasattr(block, "conv")
-            if conv and o.rule != "softhebb":
-                raise UsageError(f"hebbian rule={o.rule} trains dense blocks only; on a cnn use "
-                                 "learner.rule=softhebb.")
             if o.rule == "krotov" and self._units(block) < o.k:
                 raise UsageError(f"learner.k={o.k} exceeds the {self._units(block)} units of a hidden "
                                  "block (krotov ranks k units).")
@@ -256,23 +255,24 @@ class Hebbian(Learner):
         self._set_rates(int(self.epochs_done))
 
     # -- forward pieces -------------------------------------------------------------------------
-    def phi(self, z: Tensor) -> Tensor:
-        """Hidden output nonlinearity φ(z) = max(z, 0)^n."""
+    def phi(self, z: Tensor, last: bool) -> Tensor:
+        """Hidden output nonlinearity: max(z, 0)^n for the last hidden block, max(z, 0) before it."""
         z = z.clamp_min(0)
-        return z if self.options.power == 1.0 else z.pow(self.options.power)
+        return z.pow(self.options.power) if last and self.options.power != 1.0 else z
 
-    def layer_output(self, block: nn.Module, h: Tensor) -> Tensor:
+    def layer_output(self, block: nn.Module, h: Tensor, last: bool) -> Tensor:
         """h_l = φ(W_l h_{l−1}) (pooled for a conv block)."""
         if hasattr(block, "conv"):
-            return block.pool(self.phi(block.conv(h)))
-        return self.phi(block.linear(h.flatten(1)))
+            return block.pool(self.phi(block.conv(h), last))
+        return self.phi(block.linear(h.flatten(1)), last)
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         """sg(h_L), flattened: the readout's input (B, width)."""
         h = x
-        for block in self.circuit.blocks:
-            h = self.layer_output(block, h)
+        last = len(self.circuit.blocks) - 1
+        for layer, block in enumerate(self.circuit.blocks):
+            h = self.layer_output(block, h, layer == last)
         return h.flatten(1)
 
     def scores(self, features: Tensor) -> Tensor:
@@ -302,9 +302,10 @@ class Hebbian(Learner):
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             h = x
+            last = len(self.circuit.blocks) - 1
             for layer, block in enumerate(self.circuit.blocks):
                 self.plasticity(block, h, self.hebb_lr[layer])
-                h = self.layer_output(block, h)
+                h = self.layer_output(block, h, layer == last)
             f = h.flatten(1)
         self.optimizer.zero_grad(set_to_none=True)
         scores = self.scores(f)
