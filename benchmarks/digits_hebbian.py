@@ -93,7 +93,7 @@ def main() -> Path:
         print(f"{name}: {acc:.4f} (untrained hidden {base:.4f})", file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    payload = {"rows": rows, "machine": f"{machine_description(torch.device('cpu'))}, 1 torch thread",
+    payload = {"rows": rows, "machine": machine_description(torch.device('cpu')),
                "torch": torch.__version__, "commit": commit, "updated": dt.date.today().isoformat(),
                "command": "python benchmarks/digits_hebbian.py"}
     return save_results(HERE / "results" / "digits_hebbian.json", payload, write_markdown)

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> Path:
     rows = sorted(kept + rows, key=lambda r: order.index(r["row"]))
     payload = {
         "title": "Fashion-MNIST: Hebbian rules beside linear and backprop", "rows": rows, "budget": common,
-        "machine": f"{machine_description(torch.device('cpu'))}, {args.threads} torch threads",
+        "machine": machine_description(torch.device('cpu')),
         "torch": torch.__version__, "commit": commit(), "updated": dt.date.today().isoformat(),
         "command": "python benchmarks/fmnist_hebbian.py " + " ".join(argv),
         "train_images": int(data.train_x.shape[0]),
