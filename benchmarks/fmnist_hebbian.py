@@ -93,7 +93,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"Commit {payload['commit']}. Command: `{payload['command']}`. Every row ran in that one "
         "process (rows re-run with the same budget replace their own), one after another, on the same "
         f"data (training images: {payload['train_images']} after the seeded validation split; the "
-        "10 000 test images; pixels scaled to [0, 1]); test accuracy of the last epoch. "
+        "10 000 test images; pixels scaled to [0, 1]); test accuracy of the last epoch. Each row "
+        "trains for its own preset's epochs (column `epochs`, the plasticity epochs in brackets) "
+        "unless `--epochs` sets one budget for all. "
         "`train s` is training time only; `load` is the 1-minute load average before → "
         "after the row (the machine has 2 cores and was shared: times at a load above 1 are slower "
         "than an idle machine's, ratios between rows are rougher still).")
