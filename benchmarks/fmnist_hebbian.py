@@ -49,7 +49,7 @@ ROWS: dict[str, list[str]] = {
 WHAT = {
     "linear": "linear classifier on raw pixels (784-10, softmax + CE, Adam)",
     "backprop": "backprop on the same net 784-2000-10 (ReLU, Adam)",
-    "krotov": "krotov 784-2000, readout tanh(β S f), f = max(z,0)^4.5, loss Σ|c−t|^6",
+    "krotov": "krotov 784-2000, readout tanh(β S f), f = max(z,0)^4.5, loss Σ (c−t)^6",
     "softhebb": "softhebb 784-2000 (1/τ = 12, adaptive rate), linear readout",
     "oja": "oja subspace rule 784-2000, linear readout",
 }
@@ -90,8 +90,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     lines = markdown_header(
         "Fashion-MNIST: Hebbian feature learning beside a raw-pixel linear classifier and backprop",
         payload,
-        f"Commit {payload['commit']}. Command: `{payload['command']}`. Every row ran in that one "
-        "process (rows re-run with the same budget replace their own), one after another, on the same "
+        f"Commit {payload['commit']}. Command: `{payload['command']}`. The rows ran one after another "
+        "in that process or in earlier calls with the same budget (a re-run row replaces its own), "
+        "on the same "
         f"data (training images: {payload['train_images']} after the seeded validation split; the "
         "10 000 test images; pixels scaled to [0, 1]); test accuracy of the last epoch. Each row "
         "trains for its own preset's epochs (column `epochs`, the plasticity epochs in brackets) "
