@@ -1,4 +1,4 @@
-"""Activation memory of one training step: backprop against local_aux (dgl, infopro, auglocal).
+"""Activation memory of one training step: backprop against local_aux (dgl, infopro, auglocal, man).
 
 For each net (Fashion-MNIST-shaped input, batch ``--batch``), one training step of each learner
 runs inside `bioplaus.functional.SavedActivationMeter`, which counts the bytes of the distinct
@@ -32,6 +32,7 @@ from bioplaus.tracking import machine_description
 HERE = Path(__file__).resolve().parent
 TASK = Task((1, 28, 28), 10)
 NETS = {
+    "mlp 784-1000-1000": lambda: MLP(TASK, (1000, 1000)),
     "mlp 784-1000-1000-1000": lambda: MLP(TASK, (1000, 1000, 1000)),
     "mlp 784-2000×4": lambda: MLP(TASK, (2000, 2000, 2000, 2000)),
     "mlp 784-1000×8": lambda: MLP(TASK, (1000,) * 8),
@@ -42,6 +43,7 @@ LEARNERS = {
     "local_aux dgl": lambda c: LocalAux(c, TASK, aux="dgl"),
     "local_aux infopro": lambda c: LocalAux(c, TASK, aux="infopro"),
     "local_aux auglocal": lambda c: LocalAux(c, TASK, aux="auglocal"),
+    "local_aux man": lambda c: LocalAux(c, TASK, aux="man"),
 }
 
 

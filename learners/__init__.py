@@ -5,6 +5,7 @@ from bioplaus.learners import (
     counter_current,
     dcls,
     forward_forward,
+    hebbian,
     hopfield,
     local_aux,
     mono_forward,
@@ -12,5 +13,5 @@ from bioplaus.learners import (
     tpsgd,
 )
 
-__all__ = ["backprop", "counter_current", "dcls", "forward_forward", "hopfield", "local_aux", "mono_forward",
-           "noprop", "tpsgd"]
+__all__ = ["backprop", "counter_current", "dcls", "forward_forward", "hebbian", "hopfield", "local_aux",
+           "mono_forward", "noprop", "tpsgd"]

@@ -6,6 +6,8 @@ Wang, Ni, Song, Yang & Huang, "Revisiting Locally Supervised Learning: an Altern
 Training", ICLR 2021 (InfoPro, ``aux=infopro``).
 Ma et al., "Scaling Supervised Local Learning with Augmented Auxiliary Networks", ICLR 2024
 (AugLocal, ``aux=auglocal``).
+Su, Cai, Zhu, He, Xu, Guan & Si, "Momentum Auxiliary Network for Supervised Local Learning",
+ECCV 2024, arXiv 2407.05623 (MAN, ``aux=man``).
 
 The circuit's blocks are cut into K contiguous modules F_1 … F_K (``modules``; default one module
 per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-gradient:
@@ -14,6 +16,8 @@ per block, the circuit's head being the last). With h_0 = x and sg(·) the stop-
     L_k = CE(A_k(h_k), y)                                   aux=dgl,      k < K
     L_k = CE(A_k(h_k), y) + λ·mean((D_k(h_k) − x)²)         aux=infopro,  k < K
     L_k = CE(A_k(G_k(h_k)), y)                              aux=auglocal, k < K
+    L_k = CE(A_k(y_k), y) + λ·mean((D_k(y_k) − x)²),        aux=man,      k < K
+          y_k = EMA_k(h_k) + LB_k(h_k)
     L_K = CE(h_K, y)                                        the circuit's head, no auxiliary net
 
 A_k is the auxiliary classifier of module k: on a feature map, average pooling to
@@ -30,13 +34,23 @@ modules, at least 1 and at most the blocks left (``aux_depth`` d, ``depth_decay`
 last hidden module has no block after it and its G is empty. A copy's input width follows the
 block before it in G_k (a copy of a sparse g2g block is a dense block of the same width).
 
+MAN's EMA_k and LB_k are copies of N_{k+1}, the first block of module k+1, both made at
+construction. EMA_k receives no gradient; after every optimizer step (each step updates module k
+and N_{k+1} together) it moves toward N_{k+1}'s current parameters,
+θ_EMA ← m·θ_EMA + (1 − m)·θ_{N_{k+1}} (m = ``ema_momentum``, 0.995 as in the authors' runs; their
+model default is 0.999). LB_k (the "learnable bias") is trained by module k's local loss only, so it
+departs from N_{k+1}. The gradient of L_k reaches h_k through both copies; h_k is still detached
+before module k+1, and N_{k+1} itself gets only module k+1's gradient. The heads A_k, D_k act on
+y_k (the width of N_{k+1}'s output). The last hidden module's N_{k+1} is the circuit's head when
+the last module is the head alone.
+
 Memory. `train_step` runs module after module and calls backward on L_k before module k+1 runs
 forward, so autograd holds the activations of one module (with its auxiliary net) at a time,
 where backprop holds every block's until its single backward. `saved_activation_peak` in
 ``bioplaus.functional`` measures the difference; ``benchmarks/local_aux_memory.py`` reports it.
 
-Options (``learner.*`` keys): ``aux`` dgl | infopro | auglocal; ``aux_depth``, ``depth_decay``
-(auglocal); ``modules`` K (null: one per block);
+Options (``learner.*`` keys): ``aux`` dgl | infopro | auglocal | man; ``aux_depth``, ``depth_decay``
+(auglocal); ``ema_momentum`` m (man); ``modules`` K (null: one per block);
 ``aux_hidden`` widths of the auxiliary classifier's hidden layers; ``aux_pool``; ``recon_weight``
 λ of InfoPro's reconstruction term; ``optimizer``, ``lr``, ``weight_decay``, ``momentum``: one
 optimizer over every module and auxiliary net (each parameter still gets only its own module's
@@ -47,11 +61,15 @@ classifier's shape above (a linear map after the pooling by default; ``aux_hidde
 layers); one weight λ of InfoPro's reconstruction term for every module; InfoPro's decoder
 reconstructs the normalised input itself, and its second (mutual information with the label)
 term is the auxiliary classifier's cross-entropy; AugLocal picks "uniformly" as evenly spaced
-blocks ending with the last hidden one. MAN (Su et al. 2024) is not implemented.
+blocks ending with the last hidden one. MAN uses InfoPro's heads and its one λ for every module:
+InfoPro's λ interpolation across modules (from the module index in InfoPro/AugLocal, from the next
+layer's stage index over K − 2 in MAN's published code) is not reproduced, so neither index is
+used; MAN's copies of a sparse g2g block are copies with its mask (the same block object copied).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -65,7 +83,7 @@ from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
 from bioplaus.registry import register_learner
 
-AUX_KINDS = ("dgl", "infopro", "auglocal")
+AUX_KINDS = ("dgl", "infopro", "auglocal", "man")
 
 
 def split_into_modules(num_blocks: int, modules: int | None) -> list[range]:
@@ -167,7 +185,8 @@ class LocalAux(Learner):
 
     def __init__(self, circuit: Circuit, task: Task, aux: str = "dgl", modules: int | None = None,
                  aux_hidden: Sequence[int] = (), aux_pool: int = 2, recon_weight: float = 1.0,
-                 aux_depth: int = 2, depth_decay: float = 0.5, optimizer: str = "adam",
+                 aux_depth: int = 2, depth_decay: float = 0.5, ema_momentum: float = 0.995,
+                 optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
         super().__init__(circuit, task)
         if aux not in AUX_KINDS:
@@ -182,13 +201,19 @@ class LocalAux(Learner):
             raise UsageError(f"learner.depth_decay must lie in [0, 1]; got {depth_decay}.")
         if any(int(h) < 1 for h in aux_hidden):
             raise UsageError(f"learner.aux_hidden widths must be positive; got {list(aux_hidden)}.")
+        if not 0.0 <= ema_momentum < 1.0:
+            raise UsageError(f"learner.ema_momentum must lie in [0, 1); got {ema_momentum}.")
         task.require_classification("local_aux")
         self.aux = aux
+        self.ema_momentum = float(ema_momentum)
         self.recon_weight = float(recon_weight)
         self.module_blocks = split_into_modules(len(circuit.blocks), modules)
 
         device = next(circuit.parameters()).device
         shapes = self._module_output_shapes(device)
+        self.ema_copies, self.lb_copies = nn.ModuleList(), nn.ModuleList()
+        if aux == "man":
+            self.ema_copies, self.lb_copies, shapes = man_copies(circuit, self.module_blocks, shapes, device)
         if aux == "auglocal":
             self.aux_blocks = self._auglocal_block_choice(aux_depth, depth_decay)
             self.classifiers = nn.ModuleList(
@@ -201,9 +226,10 @@ class LocalAux(Learner):
             ).to(device)
         self.decoders = nn.ModuleList(
             InputDecoder(shape, task.input_shape) for shape in shapes[:-1]
-        ).to(device) if aux == "infopro" else nn.ModuleList()
+        ).to(device) if aux in ("infopro", "man") else nn.ModuleList()
+        trainable = [p for p in self.parameters() if p.requires_grad]  # not MAN's EMA copies
         self.optimizer = self.add_optimizer(
-            "local", make_optimizer(self.parameters(), optimizer, lr, weight_decay, momentum, device=device)
+            "local", make_optimizer(trainable, optimizer, lr, weight_decay, momentum, device=device)
         )
 
     def _auglocal_block_choice(self, depth: int, decay: float) -> list[list[int]]:
@@ -249,6 +275,8 @@ class LocalAux(Learner):
         """L_k of module k's output: the auxiliary loss, or CE of the head for the last module."""
         if k == len(self.module_blocks) - 1:
             return F.cross_entropy(h_k, y)
+        if self.aux == "man":
+            h_k = self.ema_copies[k](h_k) + self.lb_copies[k](h_k)  # y_k
         logits = self.classifiers[k](h_k)
         if self.aux in ("dgl", "auglocal"):
             return F.cross_entropy(logits, y)
@@ -266,6 +294,8 @@ class LocalAux(Learner):
             losses.append(loss.detach())
             metrics[f"loss_m{k + 1}"] = losses[-1]
         self.optimizer.step()
+        if self.aux == "man":
+            self.update_ema()
         metrics["loss"] = torch.stack(losses).sum()
         metrics["accuracy"] = accuracy(h.detach(), y)
         return metrics
@@ -279,4 +309,34 @@ class LocalAux(Learner):
         metrics: dict[str, object] = {"modules": len(self.module_blocks), "aux": self.aux}
         if self.aux == "auglocal":
             metrics["aux_depths"] = [len(chosen) for chosen in self.aux_blocks]
+        if self.aux == "man":
+            metrics["ema_momentum"] = self.ema_momentum
         return metrics
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """θ_EMA_k ← m·θ_EMA_k + (1 − m)·θ_{N_{k+1}} for every hidden module k (MAN), in place."""
+        for k, ema in enumerate(self.ema_copies):
+            target = self.circuit.blocks[self.module_blocks[k + 1].start]
+            ema_state, now = list(ema.parameters()), list(target.parameters())
+            torch._foreach_lerp_(ema_state, now, 1.0 - self.ema_momentum)
+            for b_ema, b_now in zip(ema.buffers(), target.buffers(), strict=True):
+                b_ema.copy_(b_now)  # structural buffers (e.g. a sparse block's mask) follow exactly
+
+
+def man_copies(circuit: Circuit, module_blocks: list[range], shapes: list[tuple[int, ...]],
+               device: torch.device) -> tuple[nn.ModuleList, nn.ModuleList, list[tuple[int, ...]]]:
+    """MAN's EMA_k (no gradient) and LB_k (trainable) — two copies of N_{k+1}, the first block of
+    module k+1, for every hidden module k — and the shapes of y_k (the copies' outputs), followed by
+    the last module's output shape."""
+    emas, lbs, out_shapes = nn.ModuleList(), nn.ModuleList(), []
+    for k in range(len(module_blocks) - 1):
+        block = circuit.blocks[module_blocks[k + 1].start]
+        ema, lb = copy.deepcopy(block), copy.deepcopy(block)
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            out_shapes.append(tuple(ema(torch.zeros(1, *shapes[k], device=device)).shape[1:]))
+        emas.append(ema)
+        lbs.append(lb)
+    return emas.to(device), lbs.to(device), [*out_shapes, shapes[-1]]

@@ -180,7 +180,7 @@ def test_local_modules_hold_less_activation_memory_than_backprop():
 
 def test_bad_options():
     task = Task((6,), 3)
-    for kw, needle in [({"aux": "man"}, r"learner\.aux"), ({"aux_pool": 0}, "aux_pool"),
+    for kw, needle in [({"aux": "nope"}, r"learner\.aux"), ({"aux_pool": 0}, "aux_pool"),
                        ({"aux_depth": 0}, "aux_depth"), ({"depth_decay": 1.5}, "depth_decay"),
                        ({"recon_weight": -1.0}, "recon_weight"), ({"aux_hidden": [0]}, "aux_hidden"),
                        ({"modules": 9}, r"learner\.modules")]:
