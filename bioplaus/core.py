@@ -72,6 +72,9 @@ class Circuit(nn.Module):
     #: a time axis second (spiking circuits). Data are stored, shuffled and split along dim 0 in
     #: both, so the engine batches them alike; a circuit that wants time first transposes inside.
     input_layout: ClassVar[str] = "batch"
+    #: whether the last block is a head mapping to the C classes (set from the ``head=`` argument,
+    #: which the engine takes from `Learner.circuit_head`)
+    has_head: bool = True
 
     def __init__(self, task: Task, **options: Any) -> None:
         super().__init__()

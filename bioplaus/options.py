@@ -50,7 +50,13 @@ def _type_text(annotation: Any) -> str:
         return f"a list of {inner.removeprefix('a ').removeprefix('an ')}s"
     if origin is not None and type(None) in args:  # Optional[X]
         rest = [a for a in args if a is not type(None)]
-        return "null or " + _type_text(rest[0])
+        return "null or " + " or ".join(_type_text(a) for a in rest)
+    if origin is not None and args and str(origin) in ("typing.Union", "<class 'types.UnionType'>"):
+        return " or ".join(_type_text(a) for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, Options):
+        return "a mapping with the options " + ", ".join(annotation.model_fields)
+    if annotation is list:
+        return "a list"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
         annotation, getattr(annotation, "__name__", str(annotation)))
 
@@ -95,6 +101,8 @@ class Options(BaseModel):
         out = {}
         for name, f in cls.fields().items():
             value = f.get_default(call_default_factory=True)
+            if isinstance(value, Options):
+                value = value.model_dump()
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -123,14 +131,58 @@ class Options(BaseModel):
     def _message(cls, owner: str, section: str, values: Mapping[str, Any], error: ValidationError) -> str:
         lines = []
         for err in error.errors():
-            key = str(err["loc"][0]) if err["loc"] else "?"
-            if err["type"] == "extra_forbidden":
-                valid = ", ".join(cls.fields()) or "(none)"
-                lines.append(f"{owner} has no option '{key}'. Its options: {valid}.")
+            loc = [str(part) for part in err["loc"] if not isinstance(part, int)]
+            if not loc:  # a cross-option rule (a model validator): its own sentence
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
                 continue
-            given = values.get(key, err.get("input"))
-            lines.append(f"{section}.{key} must be {cls.allowed(key)}; got {given!r}.")
+            model, path = cls._field_owner(loc)
+            if err["type"] == "extra_forbidden":
+                where = owner if len(loc) == 1 else f"{section}.{'.'.join(loc[:-1])}"
+                model = cls._nested(loc[:-1])
+                valid = ", ".join(model.fields()) or "(none)"
+                lines.append(f"{where} has no option '{loc[-1]}'. Its options: {valid}.")
+                continue
+            given = _lookup(values, path, err.get("input"))
+            lines.append(f"{section}.{'.'.join(path)} must be {model.allowed(path[-1])}; got {given!r}.")
         return " ".join(dict.fromkeys(lines))
+
+    @classmethod
+    def _nested(cls, path: list[str]) -> type[Options]:
+        model: type[Options] = cls
+        for part in path:
+            inner = model.model_fields[part].annotation if part in model.model_fields else None
+            if not (isinstance(inner, type) and issubclass(inner, Options)):
+                return model
+            model = inner
+        return model
+
+    @classmethod
+    def _field_owner(cls, loc: list[str]) -> tuple[type[Options], list[str]]:
+        """(declaration, path of option names) that an error location points to: ``["dst",
+        "every"]`` for a nested declaration; ``["threshold"]`` for ``["threshold", "float"]``
+        (the union member pydantic tried)."""
+        model: type[Options] = cls
+        path: list[str] = []
+        for part in loc:
+            if part not in model.model_fields:
+                break
+            path.append(part)
+            inner = model.model_fields[part].annotation
+            if not (isinstance(inner, type) and issubclass(inner, Options)):
+                break
+            model = inner
+        if not path or path[-1] not in model.model_fields:
+            return cls, path or [loc[0]]
+        return model, path
+
+
+def _lookup(values: Mapping[str, Any], loc: list[str], default: Any) -> Any:
+    node: Any = values
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 class LearnerOptions(Options):

@@ -89,22 +89,20 @@ training: test accuracy 0.967 (prototype readout 0.969). Fashion-MNIST preset `f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import clip_grad_norm_
 
 from bioplaus.circuits.cnn import ConvBlock
-from bioplaus.circuits.mlp import Dense
 from bioplaus.core import Circuit, Learner, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy, one_hot
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-LOSSES = ("prototype", "pairwise")
-NORMALIZE = ("auto", "on", "off")
 
 
 def level_loss(activity: Tensor, prototypes: Tensor, y_onehot: Tensor, lam: float = 0.5,
@@ -134,23 +132,6 @@ def level_loss(activity: Tensor, prototypes: Tensor, y_onehot: Tensor, lam: floa
             ssl = ssl + ((a @ a.t() - eye_b) ** 2).mean()
         loss = loss + ssl_weight * ssl
     return loss
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> Tensor:
-    """Scale the gradients of ``params`` so that their global L2 norm is at most ``max_norm``.
-
-    Tensor ops only — no ``.item()``, no Python branch on the norm — so it can be captured in a
-    CUDA graph: g ← g · min(1, max_norm / (‖g‖ + 1e-6)). Returns the norm before clipping.
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, factor)
-    return total
 
 
 class FeedbackDense(nn.Module):
@@ -189,28 +170,30 @@ class CounterCurrent(Learner):
     circuits = ("mlp", "cnn", "g2g")
     circuit_head = True
 
-    def __init__(self, circuit: Circuit, task: Task, loss: str = "prototype", lam: float = 0.5,
-                 normalize: str = "auto", ssl_weight: float = 0.1, ce_weight: float = 1.0,
-                 optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.0,
-                 weight_decay: float = 0.0, clip: float = 1.0):
-        super().__init__(circuit, task)
-        if loss not in LOSSES:
-            raise UsageError(f"learner.loss must be one of {', '.join(LOSSES)}; got '{loss}'.")
-        if normalize not in NORMALIZE:
-            raise UsageError(f"learner.normalize must be one of {', '.join(NORMALIZE)}; got '{normalize}'.")
-        for key, value in (("lam", lam), ("ssl_weight", ssl_weight), ("ce_weight", ce_weight),
-                           ("clip", clip), ("weight_decay", weight_decay)):
-            if value < 0:
-                raise UsageError(f"learner.{key} must be ≥ 0; got {value}.")
+    class Options(LearnerOptions):
+        loss: Literal["prototype", "pairwise"] = option(
+            "prototype", "prototype: S = A Pᵀ vs Y | pairwise (the paper's Fig. 1b): ‖a − c_y‖²")
+        lam: float = option(0.5, "λ: level loss (256·λ/d)·mean((S − Y)²)", ge=0)
+        normalize: Literal["auto", "on", "off"] = option(
+            "auto", "L2 rows + self-similarity term; auto: on for conv blocks and loss=pairwise")
+        ssl_weight: float = option(0.1, "λ_ssl of mean((AAᵀ−I)²) + mean((PPᵀ−I)²) (with normalisation only)",
+                                   ge=0)
+        ce_weight: float = option(1.0, "weight of the cross-entropy on the forward net's logits", ge=0)
+        optimizer: Literal["adam", "adamw", "sgd"] = option("sgd", "optimizer of each net (one per net)")
+        lr: float = option(1.0, "learning rate", gt=0)
+        momentum: float = option(0.0, "SGD momentum (sgd only)", ge=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        clip: float = option(1.0, "max gradient norm of each net (0: off)", ge=0)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        loss, lam, normalize, ssl_weight, ce_weight, clip = (
+            o.loss, o.lam, o.normalize, o.ssl_weight, o.ce_weight, o.clip)
         task.require_classification("counter_current")
         blocks = list(circuit.blocks)
-        headed = bool(blocks) and getattr(circuit, "has_head", True)
-        if not headed or circuit.block_widths[-1] != task.num_classes:
+        if not (blocks and circuit.has_head) or circuit.block_widths[-1] != task.num_classes:
             raise UsageError("counter_current needs a circuit whose last block is the head to the C classes.")
-        for block in blocks:
-            if not isinstance(block, (Dense, ConvBlock)):
-                raise UsageError(f"counter_current mirrors dense and conv blocks only; got "
-                                 f"{type(block).__name__}.")
         self.loss_kind = loss
         self.lam = lam
         self.normalize = (normalize == "on") or (normalize == "auto" and (
@@ -225,9 +208,9 @@ class CounterCurrent(Learner):
         self.forward_params = [p for p in circuit.parameters() if p.requires_grad]
         self.feedback_params = [p for p in self.feedback.parameters() if p.requires_grad]
         self.forward_optimizer = self.add_optimizer("forward", make_optimizer(
-            self.forward_params, optimizer, lr, weight_decay, momentum, device=device))
+            self.forward_params, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device))
         self.feedback_optimizer = self.add_optimizer("feedback", make_optimizer(
-            self.feedback_params, optimizer, lr, weight_decay, momentum, device=device))
+            self.feedback_params, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device))
 
     @staticmethod
     def _mirror(blocks: list[nn.Module], task: Task) -> list[nn.Module]:
@@ -287,8 +270,9 @@ class CounterCurrent(Learner):
         self.feedback_optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.clip > 0:
-            clip_grad_norm(self.forward_params, self.clip)
-            clip_grad_norm(self.feedback_params, self.clip)
+            # torch's clip: g ← g · min(1, clip / (‖g‖ + 1e-6)), tensor ops only (no host sync)
+            clip_grad_norm_(self.forward_params, self.clip, foreach=True)
+            clip_grad_norm_(self.feedback_params, self.clip, foreach=True)
         self.forward_optimizer.step()
         self.feedback_optimizer.step()
         return {"loss": total.detach(), "ce": ce.detach(), "level_loss": level_total.detach(),

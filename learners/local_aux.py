@@ -54,18 +54,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-AUX_KINDS = ("dgl", "infopro", "auglocal")
 
 
 def split_into_modules(num_blocks: int, modules: int | None) -> list[range]:
@@ -155,7 +156,7 @@ def fresh_copy(block: nn.Module, in_shape: Sequence[int]) -> nn.Module:
                          block.conv.bias is not None, "default")
         copy.act, copy.pool = block.act, block.pool  # the block's own activation and pooling
         return copy
-    raise UsageError(f"aux=auglocal cannot copy a block of kind {type(block).__name__}.")
+    raise TypeError(f"aux=auglocal cannot copy a block of kind {type(block).__name__}.")
 
 
 @register_learner
@@ -165,23 +166,31 @@ class LocalAux(Learner):
     name = "local_aux"
     circuits = ("mlp", "cnn", "g2g")
 
-    def __init__(self, circuit: Circuit, task: Task, aux: str = "dgl", modules: int | None = None,
-                 aux_hidden: Sequence[int] = (), aux_pool: int = 2, recon_weight: float = 1.0,
-                 aux_depth: int = 2, depth_decay: float = 0.5, optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
-        super().__init__(circuit, task)
-        if aux not in AUX_KINDS:
-            raise UsageError(f"learner.aux must be one of {', '.join(AUX_KINDS)}; got '{aux}'.")
-        if isinstance(aux_pool, bool) or not isinstance(aux_pool, int) or aux_pool < 1:
-            raise UsageError(f"learner.aux_pool must be a positive integer; got {aux_pool!r}.")
-        if recon_weight < 0 or weight_decay < 0:
-            raise UsageError("learner.recon_weight and learner.weight_decay must be ≥ 0.")
-        if isinstance(aux_depth, bool) or not isinstance(aux_depth, int) or aux_depth < 1:
-            raise UsageError(f"learner.aux_depth must be a positive integer; got {aux_depth!r}.")
-        if not 0.0 <= depth_decay <= 1.0:
-            raise UsageError(f"learner.depth_decay must lie in [0, 1]; got {depth_decay}.")
-        if any(int(h) < 1 for h in aux_hidden):
-            raise UsageError(f"learner.aux_hidden widths must be positive; got {list(aux_hidden)}.")
+    class Options(LearnerOptions):
+        aux: Literal["dgl", "infopro", "auglocal"] = option(
+            "dgl", "auxiliary net: classifier (dgl) | classifier + input decoder (infopro) | "
+                   "fresh copies of later blocks, then the classifier (auglocal)")
+        modules: int | None = option(
+            None, "K gradient-isolated modules of contiguous blocks; null: one per block", ge=1)
+        aux_hidden: list[PositiveInt] = option(
+            [], "hidden widths of each auxiliary classifier (after pooling a feature map)")
+        aux_pool: int = option(2, "feature maps are average-pooled to aux_pool × aux_pool", ge=1)
+        recon_weight: float = option(1.0, "λ of infopro's reconstruction term", ge=0)
+        aux_depth: int = option(2, "auglocal: blocks copied into the first module's auxiliary net", ge=1)
+        depth_decay: float = option(
+            0.5, "auglocal: τ, the depth falls linearly to (1 − τ)·aux_depth at the last hidden module",
+            ge=0, le=1)
+        optimizer: Literal["adam", "adamw", "sgd"] = option(
+            "adam", "one optimizer; each module still gets only its own gradient")
+        lr: float = option(1e-3, "learning rate", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        aux, modules, aux_hidden, aux_pool = o.aux, o.modules, o.aux_hidden, o.aux_pool
+        recon_weight, aux_depth, depth_decay = o.recon_weight, o.aux_depth, o.depth_decay
         task.require_classification("local_aux")
         self.aux = aux
         self.recon_weight = float(recon_weight)
@@ -203,7 +212,8 @@ class LocalAux(Learner):
             InputDecoder(shape, task.input_shape) for shape in shapes[:-1]
         ).to(device) if aux == "infopro" else nn.ModuleList()
         self.optimizer = self.add_optimizer(
-            "local", make_optimizer(self.parameters(), optimizer, lr, weight_decay, momentum, device=device)
+            "local", make_optimizer(self.parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum,
+                                    device=device)
         )
 
     def _auglocal_block_choice(self, depth: int, decay: float) -> list[list[int]]:

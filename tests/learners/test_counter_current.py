@@ -15,7 +15,7 @@ from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
 from bioplaus.errors import UsageError
-from bioplaus.learners.counter_current import CounterCurrent, clip_grad_norm, level_loss
+from bioplaus.learners.counter_current import CounterCurrent, level_loss
 from bioplaus.registry import get_learner
 from tests.helpers import capture_train_step, default_learner_options, forbid_host_reads
 
@@ -103,23 +103,7 @@ def test_train_step_metrics_and_both_nets_move():
     assert all(not torch.equal(a, p) for a, p in zip(before_b, learner.feedback_params, strict=True))
 
 
-def test_clipping_matches_torch_and_bounds_each_net():
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
-    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    for p, q in zip(params, twins, strict=True):
-        p.grad = torch.randn_like(p) * 10
-        q.grad = p.grad.clone()
-    norm = clip_grad_norm(params, 1.0)
-    reference = torch.nn.utils.clip_grad_norm_(twins, 1.0)
-    torch.testing.assert_close(norm, reference)
-    for p, q in zip(params, twins, strict=True):
-        torch.testing.assert_close(p.grad, q.grad)
-    # under the norm nothing changes
-    small = [torch.nn.Parameter(torch.zeros(2))]
-    small[0].grad = torch.tensor([0.1, 0.2])
-    clip_grad_norm(small, 1.0)
-    torch.testing.assert_close(small[0].grad, torch.tensor([0.1, 0.2]))
+def test_clipping_bounds_each_net():
     # after a step with large inputs, each net's gradient has norm ≤ clip
     learner = tiny(clip=0.5)
     learner.train_step(100 * torch.randn(8, 4), torch.randint(0, 3, (8,)))

@@ -250,7 +250,7 @@ def test_config_sets_the_circuit_layout_from_the_variant():
     assert cfg.circuit.name == "noprop_blocks" and cfg.data.name == "digits"
     assert cfg.circuit.variant == "fm"
     keys = {k for k in cfg.learner if k != "name"}
-    assert keys == set(constructor_keys(NoProp)[0]) - {"circuit", "task"}
+    assert keys == set(NoProp.Options.fields())
     circuit_keys = set(OmegaConf.to_container(cfg.circuit)) - {"name"}
     assert circuit_keys == set(constructor_keys(NoPropBlocks)[0]) - {"task", "head"}
     bad = compose(["learner=noprop", "learner.variant=ct", "circuit.variant=dt"])
