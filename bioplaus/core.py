@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from bioplaus.errors import UsageError
 from bioplaus.options import CircuitOptions, LearnerOptions
 
 TaskKind = Literal["classification", "memory", "temporal"]
@@ -72,14 +73,26 @@ class Circuit(nn.Module):
     #: a time axis second (spiking circuits). Data are stored, shuffled and split along dim 0 in
     #: both, so the engine batches them alike; a circuit that wants time first transposes inside.
     input_layout: ClassVar[str] = "batch"
-    #: whether the last block is a head mapping to the C classes (set from the ``head=`` argument,
-    #: which the engine takes from `Learner.circuit_head`)
-    has_head: bool = True
+    #: ranks of `Task.input_shape` the circuit reads, with their meaning (e.g. ``{3: "images
+    #: (channels, height, width)"}``); None: any. Checked once, here.
+    input_ranks: ClassVar[dict[int, str] | None] = None
+    #: whether the circuit can be built without a head (``head=False``)
+    headless: ClassVar[bool] = True
 
-    def __init__(self, task: Task, **options: Any) -> None:
+    def __init__(self, task: Task, *, head: bool = True, **options: Any) -> None:
         super().__init__()
         self.task = task
         self.options = type(self).Options.parse(f"circuit '{self.name}'", options)
+        ranks = type(self).input_ranks
+        if ranks is not None and len(task.input_shape) not in ranks:
+            raise UsageError(f"circuit '{self.name}' reads {' or '.join(ranks.values())}; this data has "
+                             f"examples of shape {tuple(task.input_shape)}.")
+        if not head and not type(self).headless:
+            raise UsageError(f"circuit '{self.name}' always ends in its output layer; it has no headless "
+                             f"form.")
+        #: whether the last block is a head mapping to the C classes (``head=``, which the engine
+        #: takes from `Learner.circuit_head`)
+        self.has_head = head
         self.blocks = nn.ModuleList()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,6 +166,9 @@ class Learner(nn.Module):
         self.circuit = circuit
         self.task = task
         self.options = type(self).Options.parse(f"learner '{self.name}'", options)
+        if type(self).circuit_head and not circuit.has_head:
+            raise UsageError(f"learner '{self.name}' trains the circuit's head to the C classes: build the "
+                             f"circuit with head=True.")
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # -- the contract -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ ranges with machine-readable errors that we turn into one readable message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,8 +46,14 @@ def _type_text(annotation: Any) -> str:
     if origin is not None and str(origin) == "typing.Literal":
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple):
-        inner = _type_text(args[0]) if args else "values"
-        return f"a list of {inner.removeprefix('a ').removeprefix('an ')}s"
+        if not args or args[0] is Any:
+            return "a list"
+        item, constraint = args[0], ""
+        if get_origin(item) is Annotated:
+            item, *metadata = get_args(item)
+            constraint = _range_text(metadata)
+        inner = _type_text(item).removeprefix("a ").removeprefix("an ")
+        return f"a list of {inner}s" + (f", each {constraint}," if constraint else "")
     if origin is not None and type(None) in args:  # Optional[X]
         rest = [a for a in args if a is not type(None)]
         return "null or " + " or ".join(_type_text(a) for a in rest)
@@ -68,6 +74,8 @@ def _range_text(metadata: list[Any]) -> str:
             value = getattr(m, attr, None)
             if value is not None:
                 parts.append(f"{sign} {value:g}" if isinstance(value, (int, float)) else f"{sign} {value}")
+        if getattr(m, "multiple_of", None) is not None:
+            parts.append(f"a multiple of {m.multiple_of}")
         if getattr(m, "min_length", None) is not None:
             parts.append(f"with at least {m.min_length} entries")
         if getattr(m, "max_length", None) is not None:

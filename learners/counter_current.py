@@ -98,7 +98,6 @@ from torch.nn.utils import clip_grad_norm_
 
 from bioplaus.circuits.cnn import ConvBlock
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy, one_hot
 from bioplaus.optim import make_optimizer
 from bioplaus.options import LearnerOptions, option
@@ -192,8 +191,6 @@ class CounterCurrent(Learner):
             o.loss, o.lam, o.normalize, o.ssl_weight, o.ce_weight, o.clip)
         task.require_classification("counter_current")
         blocks = list(circuit.blocks)
-        if not (blocks and circuit.has_head) or circuit.block_widths[-1] != task.num_classes:
-            raise UsageError("counter_current needs a circuit whose last block is the head to the C classes.")
         self.loss_kind = loss
         self.lam = lam
         self.normalize = (normalize == "on") or (normalize == "auto" and (

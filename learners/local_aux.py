@@ -243,9 +243,6 @@ class LocalAux(Learner):
                 for i in blocks:
                     h = self.circuit.blocks[i](h)
                 shapes.append(tuple(h.shape[1:]))
-        if shapes[-1] != (self.task.num_classes,):
-            raise UsageError("local_aux trains the circuit's head as its last module: the circuit must "
-                             f"end in a head of {self.task.num_classes} outputs.")
         return shapes
 
     # -- training -------------------------------------------------------------------------------

@@ -86,7 +86,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy, one_hot
 from bioplaus.optim import make_optimizer
 from bioplaus.options import LearnerOptions, option
@@ -165,8 +164,6 @@ class TargetProjection(Learner):
         variant, local_loss, sequence_target = o.variant, o.local_loss, o.sequence_target
         projection, projection_scale = o.projection, o.projection_scale
         task.require_classification("tpsgd")
-        if not circuit.has_head or circuit.block_widths[-1] != task.num_classes:
-            raise UsageError("tpsgd needs a circuit whose last block is the head to the C classes.")
         self.variant = variant
         self.local_loss_kind = local_loss
         self.sequence_target = sequence_target

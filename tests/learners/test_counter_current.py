@@ -24,7 +24,7 @@ IMAGES = Task((1, 8, 8), 3)
 
 def tiny(hidden=(6, 5), task=Task((4,), 3), **kw) -> CounterCurrent:
     torch.manual_seed(0)
-    return CounterCurrent(MLP(task, hidden, activation="elu", bias=False), task, **kw)
+    return CounterCurrent(MLP(task, hidden=hidden, activation="elu", bias=False), task, **kw)
 
 
 def test_registered():
@@ -154,7 +154,7 @@ def test_bad_options_are_usage_errors(kw):
 def test_needs_a_head():
     task = Task((4,), 3)
     with pytest.raises(UsageError, match="head"):
-        CounterCurrent(MLP(task, (5,), head=False), task)
+        CounterCurrent(MLP(task, hidden=(5,), head=False), task)
 
 
 def test_config_keys_match_constructor():
@@ -197,7 +197,7 @@ def test_train_step_never_reads_a_tensor_on_the_host(monkeypatch):
 def test_train_step_captures_as_cuda_graph():
     torch.manual_seed(0)
     task = Task((4,), 3)
-    learner = CounterCurrent(MLP(task, (6, 5), activation="elu", bias=False).cuda(), task).cuda()
+    learner = CounterCurrent(MLP(task, hidden=(6, 5), activation="elu", bias=False).cuda(), task).cuda()
     x, y = torch.randn(16, 4, device="cuda"), torch.randint(0, 3, (16,), device="cuda")
     graph, _ = capture_train_step(learner, x, y, forbid_sync=True)
     before = [p.detach().clone() for p in learner.feedback_params]
@@ -212,7 +212,7 @@ def test_state_dict_round_trip():
     state = learner.state_dict()
     assert any(k.startswith("feedback.") for k in state) and "class_codes" in state
     torch.manual_seed(5)
-    fresh = CounterCurrent(MLP(Task((4,), 3), (6, 5), activation="elu", bias=False), Task((4,), 3))
+    fresh = CounterCurrent(MLP(Task((4,), 3), hidden=(6, 5), activation="elu", bias=False), Task((4,), 3))
     fresh.load_state_dict(state)
     x = torch.randn(5, 4)
     for key, scores in learner.predictions(x).items():
