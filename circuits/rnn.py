@@ -117,7 +117,8 @@ class RNN(Circuit):
     """Recurrent blocks of widths ``hidden``, then (``head=True``) a readout of the last step."""
 
     name = "rnn"
-    input_ranks: ClassVar[dict[int, str] | None] = {1: "vectors", 2: "sequences (time, features)", 3: "images read row by row"}
+    input_ranks: ClassVar[dict[int, str] | None] = {
+        1: "vectors", 2: "sequences (time, features)", 3: "images read row by row"}
 
     class Options(CircuitOptions):
         hidden: list[PositiveInt] = option(

@@ -216,7 +216,8 @@ def test_config_keys_match_constructor():
 def test_greedy_train_step_captures_as_cuda_graph():
     torch.manual_seed(0)
     task = Task((4,), 3)
-    learner = MonoForward(MLP(task, hidden=(6, 5), head=False).cuda(), task, schedule="greedy", greedy_epochs=1)
+    learner = MonoForward(MLP(task, hidden=(6, 5), head=False).cuda(), task, schedule="greedy",
+                          greedy_epochs=1)
     first, second = learner.block_params
     x, y = torch.randn(16, 4, device="cuda"), torch.randint(0, 3, (16,), device="cuda")
     graph, _ = capture_train_step(learner, x, y)
