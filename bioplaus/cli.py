@@ -29,7 +29,9 @@ commands:
   bench EXPERIMENT... [--seeds S...] [--name N] [--out DIR] [OVERRIDES...]
                        run presets, one or more seeds each, into OUT/NAME.json and .md (accuracy,
                        wall-clock, samples/s, memory, machine); default OUT: benchmarks/results
-  list                 learners, circuits, data sets, experiments, learner×circuit compatibility
+  list [NAME | --markdown]
+                       learners, circuits, data sets, experiments, learner×circuit compatibility;
+                       NAME: the declared options of one learner or circuit
   compare RUN_DIR...   one table of the summaries of several runs (also a parent folder of runs)
 
 The run directory is printed as the last line. Exit codes: 0 done, 1 run failed or diverged,
@@ -85,14 +87,35 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
     print(summary["run_dir"], flush=True)
 
 
-def _prevalidate(overrides: list[str], multirun: bool) -> None:
-    from bioplaus import config
+def _pinned_dir(overrides: list[str]) -> tuple[str | None, bool]:
+    """(``hydra.run.dir`` given on the command line, whether the run can skip Hydra's own app:
+    no other ``hydra.*`` / ``hydra/`` override and no interpolation in the folder name)."""
+    pinned, plain = None, True
+    for o in overrides:
+        if o.startswith("hydra.run.dir="):
+            pinned = o.split("=", 1)[1]
+            plain = plain and "${" not in pinned
+        elif o.startswith("hydra"):
+            plain = False
+    return pinned, plain
 
-    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
-    if multirun:
-        config.check_overrides(plain)
-    else:
-        config.compose(plain)
+
+def _run_once(overrides: list[str], pinned: str | None) -> None:
+    """One run without Hydra's app: the config is composed and validated once (`compose`), the
+    run folder claimed only after it is valid."""
+    from bioplaus import config
+    from bioplaus.engine import train
+
+    try:
+        cfg = config.compose([o for o in overrides if not o.startswith("hydra")])
+        summary = train(cfg, run_dir=pinned, unique_run_dir=pinned is None, validated=True)
+    except UsageError as e:
+        _error(str(e))
+    except RunFailed as e:
+        print(f"bioplaus: {e}", file=sys.stderr)
+        print(e.run_dir, flush=True)
+        sys.exit(1)
+    print(summary["run_dir"], flush=True)
 
 
 def _task(cfg: Any) -> None:
@@ -137,11 +160,21 @@ def run(args: list[str]) -> None:
     if resume_dir is not None:
         _resume(resume_dir, overrides)
         return
+    pinned, plain = _pinned_dir(overrides)
+    if not flags and plain:
+        _run_once(overrides, pinned)
+        return
     help_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i") for f in flags)
     multirun = any(f in ("-m", "--multirun") for f in flags)
     if not help_only and not any(f in ("--cfg", "-c") for f in flags):
+        from bioplaus import config
+
+        plain_overrides = [o for o in overrides if not o.startswith("hydra")]
         try:
-            _prevalidate(overrides, multirun)
+            if multirun:
+                config.check_overrides(plain_overrides)
+            else:
+                config.compose(plain_overrides)
         except UsageError as e:
             _error(str(e))
     sys.argv = ["bioplaus run", *flags, *overrides]
@@ -228,6 +261,61 @@ def bench(args: list[str]) -> None:
 
 
 # -- list -----------------------------------------------------------------------------------------
+
+
+def options_table(cls: type, markdown: bool = False) -> str:
+    """The declared options of a learner or circuit class: name, allowed values, default, meaning."""
+    import json
+
+    rows = [(name, allowed, json.dumps(default, ensure_ascii=False), meaning)
+            for name, allowed, default, meaning in cls.Options.describe()]
+    if markdown:
+        lines = ["| option | allowed | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+    if not rows:
+        return "  (no options)"
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {r[0]:<{widths[0]}}  {r[2]:<{widths[2]}}  {r[1]:<{widths[1]}}  {r[3]}" for r in rows)
+
+
+def options_markdown() -> str:
+    """docs/options.md: every registered learner's and circuit's declared options."""
+    from bioplaus import registry
+
+    parts = ["# Options of every learner and circuit", "",
+             "Generated from the declarations (`Options` beside each class) by "
+             "`bioplaus list --markdown > docs/options.md`; a test keeps it current. Set an option "
+             "with `learner.NAME=VALUE` / `circuit.NAME=VALUE`.", ""]
+    for kind, table in (("learner", registry.learners()), ("circuit", registry.circuits())):
+        for name, cls in table.items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            parts += [f"## {kind} `{name}`", "", doc, "", options_table(cls, markdown=True), ""]
+    return "\n".join(parts)
+
+
+def list_command(args: list[str]) -> None:
+    """``bioplaus list`` (everything), ``bioplaus list NAME`` (one learner's or circuit's options),
+    ``bioplaus list --markdown`` (the options of all, as docs/options.md)."""
+    from bioplaus import registry
+
+    if args == ["--markdown"]:
+        print(options_markdown())
+        return
+    if not args:
+        list_all()
+        return
+    for name in args:
+        learners, circuits = registry.learners(), registry.circuits()
+        if name not in learners and name not in circuits:
+            raise UsageError(f"'{name}' is neither a learner nor a circuit. Learners: {', '.join(learners)}; "
+                             f"circuits: {', '.join(circuits)}.")
+        for kind, table in (("learner", learners), ("circuit", circuits)):
+            if name in table:
+                cls = table[name]
+                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                print(f"{kind} {name}: {doc}\noptions ({kind}.NAME=VALUE): name, default, allowed, meaning")
+                print(options_table(cls))
 
 
 def list_all() -> None:
@@ -319,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "run":
         run(rest)
     elif command in ("list", "compare", "sweep", "bench"):
-        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep, "bench": bench}[command]
+        handler = {"list": list_command, "compare": compare, "sweep": sweep, "bench": bench}[command]
         try:
             handler(rest)
         except UsageError as e:

@@ -118,7 +118,8 @@ class Circuit(nn.Module):
         return {}
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Host-side structural schedule at epoch ends. Default: nothing."""
+        """Host-side structural schedule at epoch ends (``epoch`` 1-based, as in
+        `Learner.on_epoch_end`). Default: nothing."""
 
     def structural_step(self, step: int) -> bool:
         """Host-side structural update after global training step ``step`` (1-based), e.g. prune
@@ -211,7 +212,24 @@ class Learner(nn.Module):
         return out
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing."""
+        """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing.
+
+        ``epoch`` is 1-based: the number of the epoch just completed, as the engine counts
+        (``1`` after the first epoch; a resumed run continues the count). Every caller — the
+        engine, tests, a loop of your own — passes it so.
+        """
+
+    #: the learner options that make up its own learning-rate schedule (named in messages)
+    lr_schedule_keys: ClassVar[str] = ""
+
+    @classmethod
+    def schedules_lr(cls, options: LearnerOptions) -> bool:
+        """Whether these options make the learner change its own learning rate in `on_epoch_end`.
+
+        One owner per schedule: the engine refuses ``trainer.lr_schedule`` other than ``constant``
+        for such a configuration (exit 2), so that exactly one place sets the rate. Default: False.
+        """
+        return False
 
     def capture_key(self) -> Any:
         """Host-side state that changes what `train_step` computes (e.g. a greedy stage).

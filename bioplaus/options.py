@@ -116,10 +116,18 @@ class Options(BaseModel):
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """One row per option: (name, allowed, default, meaning) — for ``bioplaus list`` and docs."""
+        """One row per option: (name, allowed, default, meaning) — for ``bioplaus list`` and docs;
+        a nested declaration gives one row per inner option (``dst.every``)."""
         defaults = cls.defaults()
-        return [(name, cls.allowed(name), defaults[name], f.description or "")
-                for name, f in cls.fields().items()]
+        rows = []
+        for name, f in cls.fields().items():
+            inner = f.annotation
+            if isinstance(inner, type) and issubclass(inner, Options):  # nested: one row per option
+                rows += [(f"{name}.{n}", allowed, default, meaning)
+                         for n, allowed, default, meaning in inner.describe()]
+            else:
+                rows.append((name, cls.allowed(name), defaults[name], f.description or ""))
+        return rows
 
     @classmethod
     def parse(cls, owner: str, values: Mapping[str, Any]) -> Options:

@@ -101,6 +101,12 @@ class MonoForward(Learner):
         lr_decay: float = option(1.0, "lr × lr_decay after every epoch (per stage under greedy); 1: constant",
                                  gt=0, le=1)
 
+    lr_schedule_keys = "learner.lr_decay"
+
+    @classmethod
+    def schedules_lr(cls, options: LearnerOptions) -> bool:
+        return options.lr_decay != 1.0  # type: ignore[attr-defined]
+
     def __init__(self, circuit: Circuit, task: Task, **options: Any):
         super().__init__(circuit, task, **options)
         o = self.options
