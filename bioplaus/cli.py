@@ -189,39 +189,52 @@ SWEEP_USAGE = ("usage: bioplaus sweep FILE [--local] [--count N] [--seed S] [--p
                "[--entity E] [OVERRIDES...] | bioplaus sweep --resume SWEEP_DIR [--count N]")
 
 
-def _positive_int(flag: str, value: str) -> int:
+def _count(flag: str, allow_zero: bool = False) -> Any:
+    """argparse type: a positive (``--count``) or non-negative (``--seed``) integer."""
+    import argparse
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0 or (number == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{flag} takes a {'non-negative' if allow_zero else 'positive'} "
+                                             f"integer; got '{value}'.")
+        return number
+
+    return parse
+
+
+def _sweep_options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """(options, positional FILE and overrides) of ``bioplaus sweep ARGS`` (argparse)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bioplaus sweep", add_help=False, exit_on_error=False,
+                                     allow_abbrev=False)
+    parser.add_argument("--local", action="store_true")
+    parser.add_argument("--count", type=_count("--count"), default=None)
+    parser.add_argument("--seed", type=_count("--seed", allow_zero=True), default=0)
+    parser.add_argument("--project", default="bioplaus")
+    parser.add_argument("--entity", default=None)
+    parser.add_argument("--resume", default=None)
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 0 or (number == 0 and flag != "--seed"):
-        raise UsageError(f"{flag} takes a {'non-negative' if flag == '--seed' else 'positive'} "
-                         f"integer; got '{value}'.")
-    return number
+        parsed, positional = parser.parse_known_args(args)
+    except argparse.ArgumentError as e:
+        message = str(e).removeprefix(f"argument {e.argument_name}: ") if e.argument_name else str(e)
+        if "expected one argument" in message:
+            message = f"{e.argument_name} needs a value."
+        raise UsageError(f"{message} {SWEEP_USAGE}") from None
+    unknown = [a for a in positional if a.startswith("-")]
+    if unknown:
+        raise UsageError(f"unknown option '{unknown[0]}' of bioplaus sweep. {SWEEP_USAGE}")
+    return {f"--{k}": v for k, v in vars(parsed).items()}, positional
 
 
 def sweep(args: list[str]) -> None:
     from bioplaus import sweep as sweeps
 
-    options: dict[str, Any] = {"--local": False, "--count": None, "--seed": 0, "--project": "bioplaus",
-                               "--entity": None, "--resume": None}
-    positional: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--local":
-            options[arg] = True
-        elif arg in options:
-            if i + 1 >= len(args):
-                raise UsageError(f"{arg} needs a value. {SWEEP_USAGE}")
-            value = args[i + 1]
-            options[arg] = _positive_int(arg, value) if arg in ("--count", "--seed") else value
-            i += 1
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option '{arg}' of bioplaus sweep. {SWEEP_USAGE}")
-        else:
-            positional.append(arg)
-        i += 1
+    options, positional = _sweep_options(args)
     try:
         if options["--resume"] is not None:
             if positional:

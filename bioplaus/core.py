@@ -1,4 +1,4 @@
-"""The three roles of bioplaus: `Task`, `Circuit` and `Learner` (DESIGN.md §2).
+"""The three roles of bioplaus: `Task`, `Circuit` and `Learner`.
 
 A *circuit* is the structure a rule acts on: an ordered list of blocks, each mapping the previous
 block's output to its own. A *learner* owns the update rule and every parameter the rule adds.
@@ -15,7 +15,7 @@ The `train_step` contract (what makes a step capturable as a CUDA graph):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -116,6 +116,13 @@ class Circuit(nn.Module):
     def structure_metrics(self) -> dict[str, float]:
         """Figures about the structure worth reporting in ``summary.json`` (e.g. sparsity)."""
         return {}
+
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        """The circuit's family and shape in a few words, for benchmark tables: the layer widths
+        from the input (``mlp 64-256-256``) by default."""
+        hidden = list(getattr(options, "hidden", []))
+        return f"{cls.name} " + "-".join(str(w) for w in [math.prod(input_shape), *hidden])
 
     def on_epoch_end(self, epoch: int) -> None:
         """Host-side structural schedule at epoch ends (``epoch`` 1-based, as in
@@ -284,16 +291,3 @@ class StepMetrics:
         if not self.count:
             return {}
         return {key: float(value) / self.count for key, value in self.sums.items()}
-
-
-def parameters_of(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """Trainable parameters of several modules (or parameter iterables), in order, no repeats."""
-    seen: set[int] = set()
-    out: list[nn.Parameter] = []
-    for m in modules:
-        params = m.parameters() if isinstance(m, nn.Module) else m
-        for p in params:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out

@@ -71,6 +71,11 @@ class CNN(Circuit):
             self.blocks.append(Dense(fan_in, task.num_classes, "identity", bias, init))
         self._widths = self._measure_widths()
 
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        o = options
+        return f"cnn conv {'-'.join(map(str, o.channels))} → {'-'.join(map(str, o.hidden))}"
+
     def _feature_size(self) -> int:
         x = torch.zeros(1, *self.task.input_shape)
         for block in self.blocks:

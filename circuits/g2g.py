@@ -60,16 +60,13 @@ When the structure changes `structural_step` returns True and the engine zeroes 
 state of every masked-out entry (`parameter_masks`), so pruned edges keep no stale moments and
 regrown ones start clean. Random choices use a generator of the circuit, checkpointed with it.
 
-Compute path (``path``). Measured by benchmarks/g2g_layer.py (forward + backward, batch 128,
-G = 8, one CPU thread; results/g2g_layer.md; best-of-25 times on the 2-core AMD EPYC dev machine):
-the masked dense product F.linear(h, W ⊙ M) costs 1.05–1.12× the dense layer of the same shape
-(784→1000, 1000→1000, 2000→2000); the G within-ensemble blocks alone as one batched matmul
-(`block_linear`) cost 0.21–0.26×; but those blocks plus the Bernoulli(p′) remainder as a masked
-product cost 1.27–1.37×, and the active weights as a sparse COO matrix (torch.sparse.mm) 8×: at
-p′ = 0.15 the remainder (13 % of the entries, unstructured) is no cheaper than the whole layer.
+Compute path (``path``). The G within-ensemble blocks alone are one batched matmul
+(`block_linear`), much cheaper than the dense layer; the masked dense product F.linear(h, W ⊙ M)
+costs about a dense layer, and the blocks plus an unstructured Bernoulli(p′) remainder cost more
+than the masked product (benchmarks/g2g_layer.py; figures in benchmarks/results/g2g_layer.md).
 So ``auto`` (default) uses the block path exactly when a layer's mask is block-diagonal on
 contiguous equal ensembles (``grouping=index``, ``p_between=0``, widths divisible by G, and DST
-off or ``scope=between`` so no edge can leave the blocks; a 4–5× saving), and the masked dense
+off or ``scope=between`` so no edge can leave the blocks), and the masked dense
 path otherwise — that is, for every layer of the default configuration. ``masked`` always uses the
 masked path; ``block`` demands the block path (a usage error when a layer's mask is not
 block-diagonal). In the block path the off-block weights are never read and get no gradient.

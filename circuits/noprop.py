@@ -192,6 +192,18 @@ class NoPropBlocks(Circuit):
                 label_hidden, time_features if shared else 0, hidden, self.outputs, activation, norm,
                 dropout, init))
 
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        o = options
+
+        def widths(ws: list[int]) -> str:
+            return "-".join(map(str, ws))
+
+        branch = (f"conv {widths(o.channels)} → {widths(o.image_hidden)}" if o.image_branch == "conv"
+                  else f"mlp {widths(o.image_hidden)}")
+        blocks = f"T={o.blocks} blocks" if o.variant == "dt" else "one shared block"
+        return f"noprop_blocks, {blocks}: image {branch}, head {widths(o.hidden)}"
+
     def forward(self, x: Tensor, z: Tensor, t: Tensor | None = None, block: int = 0) -> Tensor:  # type: ignore[override]
         """Output of block ``block`` (0-based) for image ``x``, label embedding ``z`` and, in the
         shared layout, times ``t`` (B,)."""

@@ -40,7 +40,7 @@ blocks) but needs no new graph capture when the stage changes; optimizer moments
 blocks keep tracking their gradients, which gives a block a warm optimizer state when its stage
 starts.
 
-Options (every constructor argument is a ``learner.*`` config key):
+Options (declared in `MonoForward.Options`; each a ``learner.*`` config key):
     optimizer      adam | adamw | sgd; one optimizer over every block and projection
     lr             learning rate (paper, Fashion-MNIST: Adam 3.9e-4, batch 128)
     weight_decay   L2 (adam, sgd) or decoupled (adamw) weight decay on W_l, b_l and M_l

@@ -45,7 +45,7 @@ no truncation over time); it never crosses layers, because the next layer sees s
 this means the replaced gradient at the targeted step(s) flows back through U_l within the layer —
 a recurrent extension of the feed-forward rule that is ours, documented here.
 
-Options (every one a ``learner.*`` config key):
+Options (declared in the class's `Options`; each a ``learner.*`` config key):
     variant          tpsgd | drtp
     local_loss       mse | l1 | ce — J of the hidden blocks (tpsgd only; drtp has no local loss)
     optimizer        adam | adamw | sgd (one optimizer over all blocks)
@@ -59,16 +59,10 @@ run's seed, on the CPU (so CPU and CUDA runs draw the same matrices) with entrie
 default — targets inside tanh's range; the `ce` local loss above; the recurrent extension above;
 Adam by default (tpSGD, as its name says, updates with plain SGD; ``optimizer=sgd`` gives that).
 With unbounded activations (ReLU, ELU) DRTP's constant output gradient can grow activities without
-limit (measured: MLP 64-256×5-10 with ELU on digits diverged in epoch 5); the learner config uses
-tanh.
+limit (deep ELU MLPs diverge); the learner config uses tanh.
 
 Defaults (configs/learner/tpsgd.yaml): MLP 64-256-256-10 with tanh on digits, Adam lr 1e-3,
-batch 64, 30 epochs. Measured (CPU, one thread, test accuracy): ``bioplaus run learner=tpsgd``
-0.953 (0.8 s of training); ``learner.variant=drtp`` 0.961 (1.0 s); ``local_loss=ce`` 0.969,
-``local_loss=l1`` 0.961; ``circuit=rnn`` (2×256 Elman layers, rows as time steps) tpsgd 0.981,
-drtp 0.961; ``circuit=cnn`` (conv 32-64, dense 256-256) tpsgd 0.975, drtp 0.958. Fashion-MNIST
-presets (784-256×5-10, batch 256): `fmnist_tpsgd_mlp` about 3.5 s per epoch, validation 0.817,
-0.830, 0.834 after epochs 1–3; `fmnist_drtp_mlp` about 3.1 s per epoch, 0.776, 0.826, 0.833.
+batch 64, 30 epochs. Measured accuracies and timings are in ``benchmarks/results/``.
 
 Metrics of `train_step` (0-d tensors): ``loss`` = CE of the head + Σ_l J_l (tpsgd) or CE of the
 head alone (drtp; its surrogates are not losses), ``ce`` (the head's CE), ``accuracy`` (the
