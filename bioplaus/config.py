@@ -153,8 +153,23 @@ def _section_from_declaration(cfg: Any, key: str, name: str) -> None:
 DECLARED_SECTIONS = ("learner", "circuit")
 
 
-def _check_overrides(parsed: list[Any], base: Any) -> None:
-    """Unknown group options, unknown keys and wrong types, against the composed defaults."""
+def _check_declared(key: str, base: Any, values: list[Any]) -> None:
+    """Each value of ``learner.X`` / ``circuit.X`` against the declaration of the learner or
+    circuit that ``base`` selects (field by field; `validate` checks the whole section)."""
+    from bioplaus import registry
+
+    section, _, rest = key.partition(".")
+    name = str(base[section].name)
+    table = registry.learners() if section == "learner" else registry.circuits()
+    if name not in table or not rest:
+        return
+    for value in values:
+        table[name].Options.check_value(rest.split("."), value)
+
+
+def _check_overrides(parsed: list[Any], base: Any, declared: bool = True) -> None:
+    """Unknown group options, unknown keys and wrong types, against the composed defaults;
+    with ``declared``, values of learner and circuit options against their declarations."""
     from omegaconf import OmegaConf
 
     for o in parsed:
@@ -175,8 +190,10 @@ def _check_overrides(parsed: list[Any], base: Any) -> None:
             raise UsageError(
                 f"unknown config key '{key}'.{hint} (Use +{key}=VALUE to add a new key on purpose.)"
             )
-        if key.split(".", 1)[0] in DECLARED_SECTIONS:
-            continue  # the learner's / circuit's declaration checks the value (see `validate`)
+        if key.split(".", 1)[0] in DECLARED_SECTIONS:  # the declaration checks the value
+            if declared:
+                _check_declared(key, base, _sweep_values(o))
+            continue
         reference = node[leaf]
         for value in _sweep_values(o):
             _check_type(key, OmegaConf.to_object(reference) if OmegaConf.is_config(reference)
@@ -218,7 +235,7 @@ def compose(overrides: Sequence[str] = (), *, check: bool = True) -> Any:
     cfg = _hydra_compose([o.input_line for o in groups if o not in declared])
     for o in declared:  # plugins without a YAML: the section comes from the declaration
         _section_from_declaration(cfg, o.key_or_group, str(o.value()))
-    _check_overrides(values, cfg)
+    _check_overrides(values, cfg, declared=not check)  # with check, `validate` parses the sections
     OmegaConf.set_struct(cfg, True)
     try:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)

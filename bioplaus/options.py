@@ -144,6 +144,29 @@ class Options(BaseModel):
             raise UsageError(cls._message(owner, section, values, e)) from None
 
     @classmethod
+    def check_value(cls, path: list[str], value: Any) -> None:
+        """Check one value for the option at ``path`` (``["lr"]``, ``["dst", "every"]``) against
+        its field alone — type, range, choices; cross-option rules need the whole section (`parse`).
+        Raises `UsageError` in `parse`'s words; an unknown option is left to `parse`."""
+        from pydantic import TypeAdapter
+
+        model: type[Options] = cls
+        for part in path[:-1]:
+            inner = model.model_fields[part].annotation if part in model.model_fields else None
+            if not (isinstance(inner, type) and issubclass(inner, Options)):
+                return
+            model = inner
+        field = model.model_fields.get(path[-1])
+        if field is None:
+            return
+        try:
+            TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True)).validate_python(
+                _plain(value))
+        except ValidationError:
+            raise UsageError(f"{cls.section}.{'.'.join(path)} must be {model.allowed(path[-1])}; "
+                             f"got {_plain(value)!r}.") from None
+
+    @classmethod
     def _message(cls, owner: str, section: str, values: Mapping[str, Any], error: ValidationError) -> str:
         lines = []
         for err in error.errors():
