@@ -36,6 +36,14 @@ class ConvBlock(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return self.pool(self.act(self.pre(h)))
 
+    def fresh(self, in_shape: tuple[int, ...]) -> ConvBlock:
+        """A newly initialised block of this kind and width (its own activation and pooling) for
+        inputs of ``in_shape`` (channels, height, width)."""
+        copy = ConvBlock(in_shape[0], self.conv.out_channels, self.conv.kernel_size[0], "relu", 1,
+                         self.conv.bias is not None, "default")
+        copy.act, copy.pool = self.act, self.pool
+        return copy
+
 
 @register_circuit
 class CNN(Circuit):

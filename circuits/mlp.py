@@ -71,6 +71,12 @@ class Dense(nn.Module):
     def pre(self, h: Tensor) -> Tensor:
         return self.linear(h.flatten(1))
 
+    def fresh(self, in_shape: tuple[int, ...]) -> Dense:
+        """A newly initialised dense block of this width and activation for inputs of ``in_shape``
+        (flattened); a sparse block's copy is dense."""
+        return Dense(math.prod(in_shape), self.out_features, self.activation_name,
+                     bias=self.linear.bias is not None)
+
     def forward(self, h: Tensor) -> Tensor:
         return self.act(self.pre(h))
 

@@ -144,19 +144,9 @@ def pick_uniformly(candidates: Sequence[int], d: int) -> list[int]:
 
 
 def fresh_copy(block: nn.Module, in_shape: Sequence[int]) -> nn.Module:
-    """A new block of ``block``'s kind and width, newly initialised, taking inputs of ``in_shape``."""
-    from bioplaus.circuits.cnn import ConvBlock
-    from bioplaus.circuits.mlp import Dense
-
-    if isinstance(block, Dense):
-        return Dense(math.prod(in_shape), block.out_features, block.activation_name,
-                     bias=block.linear.bias is not None)
-    if isinstance(block, ConvBlock) and len(in_shape) == 3:
-        copy = ConvBlock(in_shape[0], block.conv.out_channels, block.conv.kernel_size[0], "relu", 1,
-                         block.conv.bias is not None, "default")
-        copy.act, copy.pool = block.act, block.pool  # the block's own activation and pooling
-        return copy
-    raise TypeError(f"aux=auglocal cannot copy a block of kind {type(block).__name__}.")
+    """A new block of ``block``'s kind and width, newly initialised, taking inputs of ``in_shape``
+    (the block's own ``fresh``: every block of the circuits local_aux trains has one)."""
+    return block.fresh(tuple(in_shape))
 
 
 @register_learner
