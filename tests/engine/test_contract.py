@@ -40,7 +40,9 @@ def _wrong_type(annotation: Any) -> Any:
         return 5
     if args and get_origin(annotation) is not Literal:  # X | None, X | Y | None
         return 3.5 if all(a in (str, int) or get_origin(a) is list for a in args) else "not-a-number"
-    return {bool: "yes", int: 1.5, float: "not-a-number", str: 12345}[annotation]
+    if annotation is dict or get_origin(annotation) is dict:
+        return "not-a-mapping"
+    return {bool: "yes", int: 1.5, float: "not-a-number", str: 12345}.get(annotation, {"not": "this"})
 
 
 def _out_of_range(field: Any) -> Any | None:
