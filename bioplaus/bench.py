@@ -23,54 +23,22 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
-from math import prod
 from pathlib import Path
 from typing import Any
 
 from bioplaus import plots
 from bioplaus.errors import UsageError
 
-#: the published figure each preset answers to (ALGORITHMS.md)
-PUBLISHED = {
-    "fmnist_bp_mlp": "89.13 % (BP, 784-1000-1000, Mono-Forward paper's benchmark)",
-    "fmnist_mf_mlp": "89.72 % (Mono-Forward, 784-1000-1000, 3 seeds)",
-    "fmnist_ff_mlp": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
-    "fmnist_ff_mlp_paper": "89.63 % (FF 4×2000, 3 seeds; BP same net 88.88 %)",
-    "fmnist_bp_ff_mlp": "88.88 % (BP on FF's 4×2000 net)",
-    "fmnist_ccl_mlp": "\"comparable to other bio-plausible rules\" (table values unverified)",
-    "fmnist_tpsgd_mlp": "within 5 % of BP on shallow nets (paper's claim)",
-    "fmnist_drtp_mlp": "",
-    "fmnist_g2g_bp": "up to +4.3 points over dense (G2GNet paper, across data sets)",
-    "fmnist_dgl_mlp": "no published Fashion-MNIST figure",
-    "fmnist_auglocal_mlp": "AugLocal: ~40 % less GPU memory at BP-comparable accuracy (paper, ResNets); "
-                           "no Fashion-MNIST figure",
-    "fmnist_infopro_mlp": "InfoPro: 40–60 % less GPU memory (paper, ResNets); no Fashion-MNIST figure",
-    "fmnist_bp_cnn": "backprop beside NoProp-DT: a conv net of one block's image-branch shape",
-    "fmnist_noprop_dt": "no F-MNIST figure published (MNIST 99.47–99.54 %); our target ≥ 90.0 %",
-}
 USAGE = ("usage: bioplaus bench EXPERIMENT... [--seeds S...] [--name NAME] [--title T] [--out DIR] "
          "[--runs DIR] [--baseline STEM:EXPERIMENT] [--no-run] [OVERRIDES...]")
 
 
-def _widths(widths: Any) -> str:
-    return "-".join(map(str, widths))
-
-
 def describe_circuit(circuit: Any, input_shape: list[int]) -> str:
-    """The circuit's name and shape as a table cell: widths for the layered nets, the block
-    structure for NoProp's denoising blocks."""
-    if circuit.name == "noprop_blocks":
-        branch = (f"conv {_widths(circuit.channels)} → {_widths(circuit.image_hidden)}"
-                  if circuit.image_branch == "conv" else f"mlp {_widths(circuit.image_hidden)}")
-        blocks = f"T={circuit.blocks} blocks" if circuit.variant == "dt" else "one shared block"
-        return f"noprop_blocks, {blocks}: image {branch}, head {_widths(circuit.hidden)}"
-    if circuit.name == "hopfield":
-        beta = circuit.get("beta")
-        return (f"hopfield N={prod(input_shape)}, β={'∞' if beta is None else beta}, "
-                f"{circuit.get('couplings', 'dense')}")
-    if circuit.name == "cnn":
-        return f"cnn conv {_widths(circuit.channels)} → {_widths(circuit.hidden)}"
-    return f"{circuit.name} {_widths([prod(input_shape), *circuit.get('hidden', [])])}"
+    """The circuit's name and shape as a table cell (`Circuit.describe` of its class)."""
+    from bioplaus import registry
+
+    cls = registry.get_circuit(str(circuit.name))
+    return cls.describe(cls.Options.parse(f"circuit '{circuit.name}'", circuit), tuple(input_shape))
 
 
 def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> dict[str, Any]:
@@ -86,6 +54,7 @@ def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> di
     summary["epochs"] = int(cfg.trainer.epochs)
     summary["batch_size"] = int(cfg.trainer.batch_size)
     summary["overrides"] = list(overrides)
+    summary["published"] = str(cfg.get("published") or "")  # the experiment YAML's `published:`
     return summary
 
 
@@ -115,7 +84,7 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "load_average": max(s.get("load_average", 0.0) for s in summaries),
         "machine": first["machine"],
         "torch": first["torch"],
-        "paper": PUBLISHED.get(name, ""),
+        "paper": first.get("published", ""),
         "other_readouts": {k: v for k, v in first.items()
                            if k.startswith(f"test_{metric}_") and isinstance(v, float)},
         "overrides": first["overrides"],
@@ -189,46 +158,47 @@ def save_results(out_json: Path, payload: dict[str, Any],
     return markdown
 
 
+def _parser(out: Path) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bioplaus bench", add_help=False, exit_on_error=False,
+                                     allow_abbrev=False)
+    parser.add_argument("items", nargs="*", help="EXPERIMENT names and key=value overrides")
+    parser.add_argument("--seeds", nargs="+", default=[])  # leading integers; the rest are items
+    parser.add_argument("--name", default="bench")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "bench")
+    parser.add_argument("--baseline", dest="baselines", action="append", default=[])
+    parser.add_argument("--no-run", dest="no_run", action="store_true")
+    return parser
+
+
 def _parse(args: list[str], default_experiments: list[str], out: Path) -> dict[str, Any]:
-    options: dict[str, Any] = {"experiments": [], "overrides": [], "seeds": [], "name": "bench",
-                               "title": None, "out": out, "runs": Path("runs") / "bench",
-                               "baselines": [], "no_run": False}
-    single = {"--name": "name", "--title": "title", "--out": "out", "--runs": "runs",
-              "--baseline": "baselines"}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--no-run":
-            options["no_run"] = True
-        elif arg == "--seeds":
-            while i + 1 < len(args) and args[i + 1].isdigit():
-                options["seeds"].append(int(args[i + 1]))
-                i += 1
-            if not options["seeds"]:
-                raise UsageError(f"--seeds takes one or more non-negative integers. {USAGE}")
-        elif arg in single:
-            if i + 1 >= len(args):
-                raise UsageError(f"{arg} needs a value. {USAGE}")
-            key, value = single[arg], args[i + 1]
-            if key == "baselines":
-                if ":" not in value:
-                    raise UsageError("--baseline takes STEM:EXPERIMENT (a row of OUT/STEM.json); "
-                                     f"got '{value}'.")
-                options[key].append(value)
-            else:
-                options[key] = Path(value) if key in ("out", "runs") else value
-            i += 1
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option '{arg}' of bioplaus bench. {USAGE}")
-        elif "=" in arg:
-            options["overrides"].append(arg)
-        else:
-            options["experiments"].append(arg)
-        i += 1
-    if options["no_run"]:
-        options["experiments"] = []
-    elif not options["experiments"]:
-        options["experiments"] = list(default_experiments)
+    """The options of ``bioplaus bench ARGS`` (argparse); `UsageError` for bad ones."""
+    import argparse
+
+    try:
+        parsed, unknown = _parser(out).parse_known_intermixed_args(args)
+    except (argparse.ArgumentError, ValueError) as e:
+        raise UsageError(f"{e}. {USAGE}") from None
+    if unknown:
+        raise UsageError(f"unknown option '{unknown[0]}' of bioplaus bench. {USAGE}")
+    given = list(parsed.seeds)
+    parsed.seeds = []
+    while given and given[0].isdigit():
+        parsed.seeds.append(int(given.pop(0)))
+    if given and not parsed.seeds:
+        raise UsageError(f"--seeds takes one or more non-negative integers; got '{given[0]}'. {USAGE}")
+    parsed.items += given
+    for spec in parsed.baselines:
+        if ":" not in spec:
+            raise UsageError(f"--baseline takes STEM:EXPERIMENT (a row of OUT/STEM.json); got '{spec}'.")
+    options = vars(parsed)
+    items = options.pop("items")
+    options["overrides"] = [a for a in items if "=" in a]
+    options["experiments"] = [] if options["no_run"] else (
+        [a for a in items if "=" not in a] or list(default_experiments))
     options["seeds"] = options["seeds"] or [0]
     return options
 

@@ -28,7 +28,9 @@ commands:
   bench EXPERIMENT... [--seeds S...] [--name N] [--out DIR] [OVERRIDES...]
                        run presets, one or more seeds each, into OUT/NAME.json, .md and .png (accuracy,
                        wall-clock, samples/s, memory, machine); default OUT: benchmarks/results
-  list                 learners, circuits, data sets, experiments, learner×circuit compatibility
+  list [NAME | --markdown]
+                       learners, circuits, data sets, experiments, learner×circuit compatibility;
+                       NAME: the declared options of one learner or circuit
   compare RUN_DIR... [--plot FILE]
                        one table of the summaries of several runs (also a parent folder of runs);
                        --plot draws their validation curves and test metric (seeds pooled) into FILE
@@ -88,22 +90,39 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
     print(summary["run_dir"], flush=True)
 
 
-def _prevalidate(overrides: list[str], multirun: bool) -> None:
-    from bioplaus import config, guards
-
-    global _ROOT
-    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
-    if multirun:
-        config.check_overrides(plain)
-    else:
-        cfg = config.compose(plain)
-        # where the run's folder goes, and the outermost folder it will create: removed again
-        # if the run is refused
-        pinned = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-        root = Path(pinned or str(cfg.paths.runs))
-        _ROOT = (root, guards.missing_ancestor(root))
+def _pinned_dir(overrides: list[str]) -> tuple[str | None, bool]:
+    """(``hydra.run.dir`` given on the command line, whether the run can skip Hydra's own app:
+    no other ``hydra.*`` / ``hydra/`` override and no interpolation in the folder name)."""
+    pinned, plain = None, True
+    for o in overrides:
+        if o.startswith("hydra.run.dir="):
+            pinned = o.split("=", 1)[1]
+            plain = plain and "${" not in pinned
+        elif o.startswith("hydra"):
+            plain = False
+    return pinned, plain
 
 
+def _run_once(overrides: list[str], pinned: str | None) -> None:
+    """One run without Hydra's app: the config is composed and validated once (`compose`), the
+    run folder claimed only after it is valid."""
+    from bioplaus import config
+    from bioplaus.engine import train
+
+    try:
+        cfg = config.compose([o for o in overrides if not o.startswith("hydra")])
+        summary = train(cfg, run_dir=pinned, unique_run_dir=pinned is None, validated=True)
+    except UsageError as e:
+        _error(str(e))
+    except RunFailed as e:
+        print(f"bioplaus: {e}", file=sys.stderr)
+        print(e.run_dir, flush=True)
+        sys.exit(1)
+    print(summary["run_dir"], flush=True)
+
+
+#: (the runs root or pinned folder, the outermost folder a Hydra-launched run would create):
+#: removed again when that run is refused
 _ROOT: tuple[Path, Path | None] | None = None
 
 
@@ -157,11 +176,25 @@ def run(args: list[str]) -> None:
     if resume_dir is not None:
         _resume(resume_dir, overrides)
         return
+    pinned, plain = _pinned_dir(overrides)
+    if not flags and plain:
+        _run_once(overrides, pinned)
+        return
     help_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i") for f in flags)
     multirun = any(f in ("-m", "--multirun") for f in flags)
     if not help_only and not any(f in ("--cfg", "-c") for f in flags):
+        from bioplaus import config
+
+        plain_overrides = [o for o in overrides if not o.startswith("hydra")]
         try:
-            _prevalidate(overrides, multirun)
+            if multirun:
+                config.check_overrides(plain_overrides)
+            else:
+                from bioplaus.guards import missing_ancestor
+
+                global _ROOT
+                root = Path(pinned or str(config.compose(plain_overrides).paths.runs))
+                _ROOT = (root, missing_ancestor(root))
         except UsageError as e:
             _error(str(e))
     sys.argv = ["bioplaus run", *flags, *overrides]
@@ -176,39 +209,52 @@ SWEEP_USAGE = ("usage: bioplaus sweep FILE [--local] [--count N] [--seed S] [--p
                "[--entity E] [OVERRIDES...] | bioplaus sweep --resume SWEEP_DIR [--count N]")
 
 
-def _positive_int(flag: str, value: str) -> int:
+def _count(flag: str, allow_zero: bool = False) -> Any:
+    """argparse type: a positive (``--count``) or non-negative (``--seed``) integer."""
+    import argparse
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0 or (number == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{flag} takes a {'non-negative' if allow_zero else 'positive'} "
+                                             f"integer; got '{value}'.")
+        return number
+
+    return parse
+
+
+def _sweep_options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """(options, positional FILE and overrides) of ``bioplaus sweep ARGS`` (argparse)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bioplaus sweep", add_help=False, exit_on_error=False,
+                                     allow_abbrev=False)
+    parser.add_argument("--local", action="store_true")
+    parser.add_argument("--count", type=_count("--count"), default=None)
+    parser.add_argument("--seed", type=_count("--seed", allow_zero=True), default=0)
+    parser.add_argument("--project", default="bioplaus")
+    parser.add_argument("--entity", default=None)
+    parser.add_argument("--resume", default=None)
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 0 or (number == 0 and flag != "--seed"):
-        raise UsageError(f"{flag} takes a {'non-negative' if flag == '--seed' else 'positive'} "
-                         f"integer; got '{value}'.")
-    return number
+        parsed, positional = parser.parse_known_args(args)
+    except argparse.ArgumentError as e:
+        message = str(e).removeprefix(f"argument {e.argument_name}: ") if e.argument_name else str(e)
+        if "expected one argument" in message:
+            message = f"{e.argument_name} needs a value."
+        raise UsageError(f"{message} {SWEEP_USAGE}") from None
+    unknown = [a for a in positional if a.startswith("-")]
+    if unknown:
+        raise UsageError(f"unknown option '{unknown[0]}' of bioplaus sweep. {SWEEP_USAGE}")
+    return {f"--{k}": v for k, v in vars(parsed).items()}, positional
 
 
 def sweep(args: list[str]) -> None:
     from bioplaus import sweep as sweeps
 
-    options: dict[str, Any] = {"--local": False, "--count": None, "--seed": 0, "--project": "bioplaus",
-                               "--entity": None, "--resume": None}
-    positional: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--local":
-            options[arg] = True
-        elif arg in options:
-            if i + 1 >= len(args):
-                raise UsageError(f"{arg} needs a value. {SWEEP_USAGE}")
-            value = args[i + 1]
-            options[arg] = _positive_int(arg, value) if arg in ("--count", "--seed") else value
-            i += 1
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option '{arg}' of bioplaus sweep. {SWEEP_USAGE}")
-        else:
-            positional.append(arg)
-        i += 1
+    options, positional = _sweep_options(args)
     try:
         if options["--resume"] is not None:
             if positional:
@@ -248,6 +294,61 @@ def bench(args: list[str]) -> None:
 
 
 # -- list -----------------------------------------------------------------------------------------
+
+
+def options_table(cls: type, markdown: bool = False) -> str:
+    """The declared options of a learner or circuit class: name, allowed values, default, meaning."""
+    import json
+
+    rows = [(name, allowed, json.dumps(default, ensure_ascii=False), meaning)
+            for name, allowed, default, meaning in cls.Options.describe()]
+    if markdown:
+        lines = ["| option | allowed | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+    if not rows:
+        return "  (no options)"
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {r[0]:<{widths[0]}}  {r[2]:<{widths[2]}}  {r[1]:<{widths[1]}}  {r[3]}" for r in rows)
+
+
+def options_markdown() -> str:
+    """docs/options.md: every registered learner's and circuit's declared options."""
+    from bioplaus import registry
+
+    parts = ["# Options of every learner and circuit", "",
+             "Generated from the declarations (`Options` beside each class) by "
+             "`bioplaus list --markdown > docs/options.md`; a test keeps it current. Set an option "
+             "with `learner.NAME=VALUE` / `circuit.NAME=VALUE`.", ""]
+    for kind, table in (("learner", registry.learners()), ("circuit", registry.circuits())):
+        for name, cls in table.items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            parts += [f"## {kind} `{name}`", "", doc, "", options_table(cls, markdown=True), ""]
+    return "\n".join(parts)
+
+
+def list_command(args: list[str]) -> None:
+    """``bioplaus list`` (everything), ``bioplaus list NAME`` (one learner's or circuit's options),
+    ``bioplaus list --markdown`` (the options of all, as docs/options.md)."""
+    from bioplaus import registry
+
+    if args == ["--markdown"]:
+        print(options_markdown())
+        return
+    if not args:
+        list_all()
+        return
+    for name in args:
+        learners, circuits = registry.learners(), registry.circuits()
+        if name not in learners and name not in circuits:
+            raise UsageError(f"'{name}' is neither a learner nor a circuit. Learners: {', '.join(learners)}; "
+                             f"circuits: {', '.join(circuits)}.")
+        for kind, table in (("learner", learners), ("circuit", circuits)):
+            if name in table:
+                cls = table[name]
+                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                print(f"{kind} {name}: {doc}\noptions ({kind}.NAME=VALUE): name, default, allowed, meaning")
+                print(options_table(cls))
 
 
 def list_all() -> None:
@@ -373,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "run":
         run(rest)
     elif command in ("list", "compare", "sweep", "bench", "export"):
-        handler = {"list": lambda _: list_all(), "compare": compare, "sweep": sweep, "bench": bench,
+        handler = {"list": list_command, "compare": compare, "sweep": sweep, "bench": bench,
                    "export": lambda a: __import__("bioplaus.export_brian2").export_brian2.main(a)}[command]
         try:
             handler(rest)

@@ -9,7 +9,6 @@ data, unwritable runs root.
 
 from __future__ import annotations
 
-import inspect
 import os
 import tempfile
 from collections.abc import Sequence
@@ -106,23 +105,79 @@ def _check_type(key: str, reference: Any, value: Any) -> None:
         )
 
 
-def _check_overrides(parsed: list[Any], base: Any) -> None:
-    """Unknown group options, unknown keys and wrong types, against the composed defaults."""
+def _declared_only(key: str, value: Any) -> bool:
+    """Whether ``key=value`` selects a learner or circuit that a plugin registered without a YAML
+    in ``bioplaus.configs`` (its config section then comes from its declaration alone)."""
+    if key not in DECLARED_SECTIONS or value is None or str(value) in group_options(key):
+        return False
+    from bioplaus import registry
+
+    table = registry.learners() if key == "learner" else registry.circuits()
+    return str(value) in table
+
+
+def _check_group_choice(o: Any) -> None:
+    """A group selection (``learner=NAME``) names an existing YAML of that group, or a learner or
+    circuit registered by a plugin."""
+    key = o.key_or_group
+    choices = group_options(key)
+    for value in _sweep_values(o):
+        if value is None or str(value) in choices or (key == "experiment" and value == "null"):
+            continue
+        if _declared_only(key, value):
+            continue
+        if key in DECLARED_SECTIONS:
+            from bioplaus import registry
+
+            table = registry.learners() if key == "learner" else registry.circuits()
+            choices = sorted(set(choices) | set(table))
+        raise UsageError(f"unknown {key} '{value}'. Valid {key}s: {', '.join(choices) or '(none)'}.")
+
+
+def _section_from_declaration(cfg: Any, key: str, name: str) -> None:
+    """Fill ``cfg[key]`` with ``name`` and its declared defaults (a plugin without a YAML); a
+    learner whose circuit is not one it trains gets the first circuit it names."""
+    from omegaconf import OmegaConf
+
+    from bioplaus import registry
+
+    cls = registry.get_learner(name) if key == "learner" else registry.get_circuit(name)
+    cfg[key] = OmegaConf.create({"name": name, **cls.Options.defaults()})
+    if key == "learner" and not cls.supports(str(cfg.circuit.name)) and cls.circuits:
+        circuit = registry.get_circuit(cls.circuits[0])
+        cfg.circuit = OmegaConf.create({"name": circuit.name, **circuit.Options.defaults()})
+
+
+#: config sections whose values are checked by a declaration (`bioplaus.options`), not by the
+#: type of the YAML default
+DECLARED_SECTIONS = ("learner", "circuit")
+
+
+def _check_declared(key: str, base: Any, values: list[Any]) -> None:
+    """Each value of ``learner.X`` / ``circuit.X`` against the declaration of the learner or
+    circuit that ``base`` selects (field by field; `validate` checks the whole section)."""
+    from bioplaus import registry
+
+    section, _, rest = key.partition(".")
+    name = str(base[section].name)
+    table = registry.learners() if section == "learner" else registry.circuits()
+    if name not in table or not rest:
+        return
+    for value in values:
+        table[name].Options.check_value(rest.split("."), value)
+
+
+def _check_overrides(parsed: list[Any], base: Any, declared: bool = True) -> None:
+    """Unknown group options, unknown keys and wrong types, against the composed defaults;
+    with ``declared``, values of learner and circuit options against their declarations."""
     from omegaconf import OmegaConf
 
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra") or o.is_delete():
             continue
-        if key in GROUPS:  # a group selection: learner=NAME
-            choices = group_options(key)
-            for value in _sweep_values(o):
-                if value is not None and str(value) not in choices and not (key == "experiment"
-                                                                            and value == "null"):
-                    kind = "experiment" if key == "experiment" else key
-                    raise UsageError(
-                        f"unknown {kind} '{value}'. Valid {kind}s: {', '.join(choices) or '(none)'}."
-                    )
+        if key in GROUPS:
+            _check_group_choice(o)
             continue
         if o.is_add():
             continue
@@ -135,6 +190,10 @@ def _check_overrides(parsed: list[Any], base: Any) -> None:
             raise UsageError(
                 f"unknown config key '{key}'.{hint} (Use +{key}=VALUE to add a new key on purpose.)"
             )
+        if key.split(".", 1)[0] in DECLARED_SECTIONS:  # the declaration checks the value
+            if declared:
+                _check_declared(key, base, _sweep_values(o))
+            continue
         reference = node[leaf]
         for value in _sweep_values(o):
             _check_type(key, OmegaConf.to_object(reference) if OmegaConf.is_config(reference)
@@ -161,10 +220,32 @@ def compose(overrides: Sequence[str] = (), *, check: bool = True) -> Any:
     """The run config for these Hydra-style overrides (``["learner=mono_forward", "seed=1"]``).
 
     Returns an OmegaConf ``DictConfig``. With ``check`` (default) it is validated with `validate`.
+    Hydra composes once: the group selections (``learner=NAME``) pick the YAML files, then every
+    ``key=value`` override is checked against the composed defaults (unknown key, wrong type) and
+    applied with Hydra's own override semantics (``+key``, ``++key``, ``~key``).
     """
-    overrides = [str(o) for o in overrides]
-    check_overrides(overrides)
-    cfg = _hydra_compose(overrides)
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    parsed = _parse([str(o) for o in overrides])
+    groups = [o for o in parsed if o.key_or_group in GROUPS]
+    values = [o for o in parsed if o.key_or_group not in GROUPS and not o.key_or_group.startswith("hydra")]
+    for o in groups:
+        if not o.is_delete():
+            _check_group_choice(o)
+    declared = [o for o in groups if not o.is_delete() and _declared_only(o.key_or_group, o.value())]
+    cfg = _hydra_compose([o.input_line for o in groups if o not in declared])
+    for o in declared:  # plugins without a YAML: the section comes from the declaration
+        _section_from_declaration(cfg, o.key_or_group, str(o.value()))
+    _check_overrides(values, cfg, declared=not check)  # with check, `validate` parses the sections
+    OmegaConf.set_struct(cfg, True)
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    except ConfigCompositionException as e:
+        raise UsageError(f"invalid config: {' '.join(str(e).split())}") from None
+    finally:
+        OmegaConf.set_struct(cfg, False)
     if check:
         validate(cfg)
     return cfg
@@ -179,31 +260,6 @@ def _positive_int(cfg: Any, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UsageError(f"{key} must be a positive integer; got {value!r}.")
-
-
-def constructor_keys(cls: type) -> tuple[list[str], bool]:
-    """Keyword arguments a learner/circuit constructor accepts, and whether it takes **kwargs."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def _check_keys(kind: str, cls: type, section: Any, skip: set[str]) -> None:
-    declared = getattr(cls, "Options", None)
-    if declared is not None and declared.fields():  # options declared once (bioplaus.options)
-        declared.parse(f"{kind} '{section.name}'", {k: v for k, v in section.items()})
-        return
-    names, var_kw = constructor_keys(cls)
-    if var_kw:
-        return
-    accepted = [n for n in names if n not in skip]
-    for key in section:
-        if key == "name":
-            continue
-        if key not in accepted:
-            raise UsageError(
-                f"{kind} '{section.name}' has no option '{key}'. Its options: {', '.join(accepted)}."
-            )
 
 
 def check_runs_root(root: str | Path) -> Path:
@@ -229,16 +285,37 @@ def check_runs_root(root: str | Path) -> Path:
 
 
 def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> None:
-    """Raise `UsageError` for anything that would make the run fail before it starts."""
-    from bioplaus import data as data_module
+    """Raise `UsageError` for anything that would make the run fail before it starts.
+
+    The learner's and circuit's sections are parsed by their declarations (`bioplaus.options`):
+    unknown keys, wrong types and out-of-range values are refused there, naming the key, the value
+    and what is allowed.
+    """
     from bioplaus import registry
 
     learner_cls = registry.get_learner(str(cfg.learner.name))
     circuit_cls = registry.get_circuit(str(cfg.circuit.name))
     registry.get_dataset(str(cfg.data.name))
     registry.check_compatible(str(cfg.learner.name), str(cfg.circuit.name))
-    _check_keys("learner", learner_cls, cfg.learner, {"circuit", "task"})
-    _check_keys("circuit", circuit_cls, cfg.circuit, {"task", "head"})
+    learner_options = learner_cls.Options.parse(f"learner '{cfg.learner.name}'", cfg.learner)
+    circuit_cls.Options.parse(f"circuit '{cfg.circuit.name}'", cfg.circuit)
+    _check_trainer(cfg)
+    _check_machine(cfg)
+    schedule = cfg.trainer.get("lr_schedule", "constant")
+    if schedule != "constant" and learner_cls.schedules_lr(learner_options):
+        raise UsageError(f"trainer.lr_schedule={schedule} and the learner's own learning-rate schedule "
+                         f"({learner_cls.lr_schedule_keys}) would both set the learning rate. Use one: "
+                         f"trainer.lr_schedule=constant, or the learner's schedule off.")
+    if cfg.logger.name not in ("none", "wandb"):
+        raise UsageError(f"unknown logger '{cfg.logger.name}'. Valid loggers: none, wandb.")
+    if check_data:
+        from bioplaus import data as data_module
+
+        data_module.check_available(cfg.data)
+    _check_paths(cfg, check_paths)
+
+
+def _check_trainer(cfg: Any) -> None:
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size",
                 "trainer.divergence_check_every"):
         _positive_int(cfg, key)
@@ -246,6 +323,16 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
     if patience is not None and (not isinstance(patience, int) or patience <= 0):
         raise UsageError(f"trainer.early_stopping_patience must be null or a positive integer; "
                          f"got {patience!r}.")
+    choices = {"progress": ("auto", "bar", "lines", "none"), "select": ("last", "best_val"),
+               "monitor_mode": (None, "max", "min"), "lr_schedule": LR_SCHEDULES}
+    for key, allowed in choices.items():
+        value = cfg.trainer.get(key, allowed[0])
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise UsageError(f"trainer.{key} must be one of {shown}; got '{value}'.")
+
+
+def _check_machine(cfg: Any) -> None:
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise UsageError(f"threads must be null (all cores) or a positive integer; got {threads!r}.")
@@ -263,22 +350,12 @@ def validate(cfg: Any, *, check_data: bool = True, check_paths: bool = True) -> 
                              "use device=auto or device=cpu.")
     if cfg.runtime.cuda_graphs not in ("auto", "on", "off"):
         raise UsageError(f"runtime.cuda_graphs must be auto, on or off; got '{cfg.runtime.cuda_graphs}'.")
-    if cfg.trainer.progress not in ("auto", "bar", "lines", "none"):
-        raise UsageError(f"trainer.progress must be auto, bar, lines or none; got '{cfg.trainer.progress}'.")
-    if cfg.trainer.get("select", "last") not in ("last", "best_val"):
-        raise UsageError(f"trainer.select must be last or best_val; got '{cfg.trainer.select}'.")
-    if cfg.trainer.get("monitor_mode") not in (None, "max", "min"):
-        raise UsageError(f"trainer.monitor_mode must be null, max or min; got '{cfg.trainer.monitor_mode}'.")
-    if cfg.trainer.get("lr_schedule", "constant") not in LR_SCHEDULES:
-        raise UsageError(f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
-                         f"got '{cfg.trainer.lr_schedule}'.")
-    if cfg.logger.name not in ("none", "wandb"):
-        raise UsageError(f"unknown logger '{cfg.logger.name}'. Valid loggers: none, wandb.")
-    if check_data:
-        data_module.check_available(cfg.data)
-    if check_paths and not cfg.trainer.get("resume"):
-        check_runs_root(cfg.paths.runs)
+
+
+def _check_paths(cfg: Any, check_paths: bool) -> None:
     resume = cfg.trainer.get("resume")
+    if check_paths and not resume:
+        check_runs_root(cfg.paths.runs)
     if resume and not (Path(str(resume)) / "checkpoints" / "last.pt").exists():
         raise UsageError(f"trainer.resume={resume}: no checkpoints/last.pt there to resume from. "
                          f"Give the run directory of an earlier run.")

@@ -1,4 +1,4 @@
-"""The three roles of bioplaus: `Task`, `Circuit` and `Learner` (DESIGN.md §2).
+"""The three roles of bioplaus: `Task`, `Circuit` and `Learner`.
 
 A *circuit* is the structure a rule acts on: an ordered list of blocks, each mapping the previous
 block's output to its own. A *learner* owns the update rule and every parameter the rule adds.
@@ -15,7 +15,7 @@ The `train_step` contract (what makes a step capturable as a CUDA graph):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from bioplaus.errors import UsageError
 from bioplaus.options import CircuitOptions, LearnerOptions
 
 TaskKind = Literal["classification", "memory", "temporal"]
@@ -73,11 +74,26 @@ class Circuit(nn.Module):
     #: a time axis second (spiking circuits). Data are stored, shuffled and split along dim 0 in
     #: both, so the engine batches them alike; a circuit that wants time first transposes inside.
     input_layout: ClassVar[str] = "batch"
+    #: ranks of `Task.input_shape` the circuit reads, with their meaning (e.g. ``{3: "images
+    #: (channels, height, width)"}``); None: any. Checked once, here.
+    input_ranks: ClassVar[dict[int, str] | None] = None
+    #: whether the circuit can be built without a head (``head=False``)
+    headless: ClassVar[bool] = True
 
-    def __init__(self, task: Task, **options: Any) -> None:
+    def __init__(self, task: Task, *, head: bool = True, **options: Any) -> None:
         super().__init__()
         self.task = task
         self.options = type(self).Options.parse(f"circuit '{self.name}'", options)
+        ranks = type(self).input_ranks
+        if ranks is not None and len(task.input_shape) not in ranks:
+            raise UsageError(f"circuit '{self.name}' reads {' or '.join(ranks.values())}; this data has "
+                             f"examples of shape {tuple(task.input_shape)}.")
+        if not head and not type(self).headless:
+            raise UsageError(f"circuit '{self.name}' always ends in its output layer; it has no headless "
+                             f"form.")
+        #: whether the last block is a head mapping to the C classes (``head=``, which the engine
+        #: takes from `Learner.circuit_head`)
+        self.has_head = head
         self.blocks = nn.ModuleList()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,8 +118,16 @@ class Circuit(nn.Module):
         """Figures about the structure worth reporting in ``summary.json`` (e.g. sparsity)."""
         return {}
 
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        """The circuit's family and shape in a few words, for benchmark tables: the layer widths
+        from the input (``mlp 64-256-256``) by default."""
+        hidden = list(getattr(options, "hidden", []))
+        return f"{cls.name} " + "-".join(str(w) for w in [math.prod(input_shape), *hidden])
+
     def on_epoch_end(self, epoch: int) -> None:
-        """Host-side structural schedule at epoch ends. Default: nothing."""
+        """Host-side structural schedule at epoch ends (``epoch`` 1-based, as in
+        `Learner.on_epoch_end`). Default: nothing."""
 
     def structural_step(self, step: int) -> bool:
         """Host-side structural update after global training step ``step`` (1-based), e.g. prune
@@ -151,6 +175,9 @@ class Learner(nn.Module):
         self.circuit = circuit
         self.task = task
         self.options = type(self).Options.parse(f"learner '{self.name}'", options)
+        if type(self).circuit_head and not circuit.has_head:
+            raise UsageError(f"learner '{self.name}' trains the circuit's head to the C classes: build the "
+                             f"circuit with head=True.")
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # -- the contract -------------------------------------------------------------------------
@@ -193,7 +220,24 @@ class Learner(nn.Module):
         return out
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing."""
+        """Host-side schedule changes after each epoch (lr, σ, θ, pruning). Default: nothing.
+
+        ``epoch`` is 1-based: the number of the epoch just completed, as the engine counts
+        (``1`` after the first epoch; a resumed run continues the count). Every caller — the
+        engine, tests, a loop of your own — passes it so.
+        """
+
+    #: the learner options that make up its own learning-rate schedule (named in messages)
+    lr_schedule_keys: ClassVar[str] = ""
+
+    @classmethod
+    def schedules_lr(cls, options: LearnerOptions) -> bool:
+        """Whether these options make the learner change its own learning rate in `on_epoch_end`.
+
+        One owner per schedule: the engine refuses ``trainer.lr_schedule`` other than ``constant``
+        for such a configuration (exit 2), so that exactly one place sets the rate. Default: False.
+        """
+        return False
 
     def capture_key(self) -> Any:
         """Host-side state that changes what `train_step` computes (e.g. a greedy stage).
@@ -263,16 +307,3 @@ class StepMetrics:
         if not self.count:
             return {}
         return {key: float(value) / self.count for key, value in self.sums.items()}
-
-
-def parameters_of(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """Trainable parameters of several modules (or parameter iterables), in order, no repeats."""
-    seen: set[int] = set()
-    out: list[nn.Parameter] = []
-    for m in modules:
-        params = m.parameters() if isinstance(m, nn.Module) else m
-        for p in params:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out

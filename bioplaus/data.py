@@ -1,4 +1,4 @@
-"""Data sets as tensors on the training device (DESIGN.md §3).
+"""Data sets as tensors on the training device.
 
 Every split is held whole on the device; batches are drawn by an on-device permutation, so no
 DataLoader runs in the hot loop. A loader registered with `register_dataset` returns a
@@ -62,9 +62,6 @@ class DataSplits:
     def device(self) -> torch.device:
         return self.train_x.device
 
-    def split(self, which: str) -> tuple[Tensor, Tensor]:
-        return getattr(self, f"{which}_x"), getattr(self, f"{which}_y")
-
 
 def train_batches(
     x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
@@ -81,10 +78,6 @@ def eval_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor
     """Batches of a split in order, the last one partial."""
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
-
-
-def num_train_batches(n: int, batch_size: int) -> int:
-    return n // batch_size
 
 
 # -- building splits ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Optimizers for learners, built from config names.
 
 Learning rates are held as 0-d tensors so that a captured CUDA graph sees schedule changes made
-in place between replays (DESIGN.md §5); on CUDA the optimizers are created ``capturable``.
+in place between replays; on CUDA the optimizers are created ``capturable``.
 """
 
 from __future__ import annotations

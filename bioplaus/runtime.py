@@ -1,4 +1,4 @@
-"""The step runner: eager on CPU, CUDA-graph captured on CUDA (DESIGN.md §5).
+"""The step runner: eager on CPU, CUDA-graph captured on CUDA.
 
 On CUDA the runner runs the first ``warmup_steps`` real training steps eagerly on a side stream
 (allocator and autograd warm-up), then captures one ``learner.train_step`` into a CUDA graph and

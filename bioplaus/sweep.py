@@ -137,6 +137,26 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
     override as a config key with a value of the right type (`UsageError` otherwise)."""
     from bioplaus.config import check_overrides
 
+    spec, params = _read_spec(path)
+    if "program" in spec:
+        raise UsageError(f"sweep file {path}: 'program' is not used; a bioplaus sweep runs "
+                         f"`bioplaus run` (its 'command').")
+    program, fixed = check_command(path, spec.get("command", ["bioplaus", "run", "logger=wandb", ARGS]))
+    spec["command"] = [*program, "run", *fixed, ARGS]  # rebuilt from the checked parts
+    _check_metric(path, spec, params, [*fixed, *extra_overrides])
+    checked = [f"{key}={format_value(v)}" for key, entry in params.items() for v in _sample_values(entry)]
+    for override in [*checked, *fixed]:
+        if "${" in override:
+            raise UsageError(f"sweep file {path}: '{override}' holds an interpolation; a sweep file "
+                             f"gives plain values only.")
+    check_single([*checked, *fixed, *extra_overrides])
+    check_overrides([*checked, *fixed, *extra_overrides])
+    _check_with_engine(path, spec)
+    return spec
+
+
+def _read_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec as a mapping with a known method and flat parameters, and its parameters."""
     spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise UsageError(f"sweep file {path} must hold a mapping (method, metric, parameters, command).")
@@ -150,15 +170,15 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
         if not isinstance(entry, dict) or "parameters" in entry:
             raise UsageError(f"sweep file {path}: parameter '{key}' must be a flat config key "
                              "(learner.lr) with value, values or a distribution.")
-    if "program" in spec:
-        raise UsageError(f"sweep file {path}: 'program' is not used; a bioplaus sweep runs "
-                         f"`bioplaus run` (its 'command').")
-    program, fixed = check_command(path, spec.get("command", ["bioplaus", "run", "logger=wandb", ARGS]))
-    spec["command"] = [*program, "run", *fixed, ARGS]  # rebuilt from the checked parts
+    return spec, params
+
+
+def _check_metric(path: Path, spec: dict[str, Any], params: dict[str, Any], fixed: list[str]) -> None:
+    """Fill in the default metric (the runs' monitored one) and check name and goal."""
     if "metric" not in spec:
         first = [f"{key}={format_value(_sample_values(entry)[0])}" for key, entry in params.items()
                  if _sample_values(entry)]
-        spec["metric"] = default_metric([*first, *fixed, *extra_overrides])
+        spec["metric"] = default_metric([*first, *fixed])
     metric = spec["metric"]
     if not isinstance(metric, dict) or "name" not in metric:
         raise UsageError(f"sweep file {path}: 'metric' needs a name (a summary.json key such as "
@@ -167,21 +187,18 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
     if metric["goal"] not in ("maximize", "minimize"):
         raise UsageError(f"sweep file {path}: metric goal must be maximize or minimize; "
                          f"got {metric['goal']!r}.")
-    checked = [f"{key}={format_value(v)}" for key, entry in params.items() for v in _sample_values(entry)]
-    for override in [*checked, *fixed]:
-        if "${" in override:
-            raise UsageError(f"sweep file {path}: '{override}' holds an interpolation; a sweep file "
-                             f"gives plain values only.")
-    check_single([*checked, *fixed, *extra_overrides])
-    check_overrides([*checked, *fixed, *extra_overrides])
+
+
+def _check_with_engine(path: Path, spec: dict[str, Any]) -> None:
+    """The W&B schema, then the sweep engine's own checks (bayes needs a parameter to search, grid
+    needs listed values), which run when it proposes: ask it for a first run now, before anything
+    is written, and check that run's overrides."""
     sweeps = _sweeps_package()
     try:
         sweeps.SweepConfig({k: v for k, v in spec.items() if k != "description"})
     except Exception as e:  # the schema's own error: name the first violation
         raise UsageError(f"sweep file {path} breaks the W&B sweep schema: "
                          f"{' '.join(str(e).split())[:400]}") from e
-    # the sweep engine's own checks (e.g. bayes needs a parameter to search, grid needs listed
-    # values) run when it proposes: ask it for a first run now, before anything is written
     states = random.getstate(), _numpy_state()
     try:
         first = sweeps.next_run(_engine_spec(spec), [])
@@ -193,7 +210,6 @@ def load(path: Path, extra_overrides: list[str]) -> dict[str, Any]:
         _numpy_state(states[1])
     if first is not None:
         check_single(overrides_of(first.config))
-    return spec
 
 
 def read_yaml(path: Path, what: str) -> Any:

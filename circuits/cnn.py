@@ -5,15 +5,17 @@ Conv block l: a_l = pool(f(conv_l(h_{l−1}))); dense blocks as in `mlp` on the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
-from bioplaus.circuits.mlp import Dense, initialise
+from bioplaus.circuits.mlp import Activation, Dense, Init, initialise
 from bioplaus.core import Circuit, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import activation
+from bioplaus.options import CircuitOptions, option
 from bioplaus.registry import register_circuit
 
 
@@ -34,22 +36,36 @@ class ConvBlock(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         return self.pool(self.act(self.pre(h)))
 
+    def fresh(self, in_shape: tuple[int, ...]) -> ConvBlock:
+        """A newly initialised block of this kind and width (its own activation and pooling) for
+        inputs of ``in_shape`` (channels, height, width)."""
+        copy = ConvBlock(in_shape[0], self.conv.out_channels, self.conv.kernel_size[0], "relu", 1,
+                         self.conv.bias is not None, "default")
+        copy.act, copy.pool = self.act, self.pool
+        return copy
+
 
 @register_circuit
 class CNN(Circuit):
     """Conv blocks with ``channels``, then dense blocks ``hidden``, then (``head=True``) a linear head."""
 
     name = "cnn"
+    input_ranks: ClassVar[dict[int, str] | None] = {3: "image inputs (channels, height, width)"}
 
-    def __init__(self, task: Task, channels: Sequence[int] = (32, 64), kernel_size: int = 3,
-                 pool: int = 2, hidden: Sequence[int] = (), activation: str = "relu",
-                 bias: bool = True, init: str = "default", head: bool = True):
-        super().__init__(task)
-        if len(task.input_shape) != 3:
-            raise UsageError(
-                f"circuit 'cnn' needs image inputs (channels, height, width); this data has shape "
-                f"{task.input_shape}."
-            )
+    class Options(CircuitOptions):
+        channels: list[PositiveInt] = option([32, 64], "output channels of the conv blocks")
+        kernel_size: int = option(3, "side of the square convolution kernels (padding keeps the size)", ge=1)
+        pool: int = option(2, "max-pooling window after each conv block; 1: none", ge=1)
+        hidden: list[PositiveInt] = option([], "widths of the dense blocks after the conv blocks")
+        activation: Activation = option("relu", "activation f of the conv and dense blocks")
+        bias: bool = option(True, "whether every block has a bias")
+        init: Init = option("default", "weight initialisation (default: PyTorch's own)")
+
+    def __init__(self, task: Task, *, head: bool = True, **options: Any):
+        super().__init__(task, head=head, **options)
+        o = self.options
+        channels, kernel_size, pool, hidden = o.channels, o.kernel_size, o.pool, o.hidden
+        activation, bias, init = o.activation, o.bias, o.init
         in_ch = task.input_shape[0]
         for ch in channels:
             self.blocks.append(ConvBlock(in_ch, int(ch), kernel_size, activation, pool, bias, init))
@@ -61,8 +77,12 @@ class CNN(Circuit):
             fan_in = int(width)
         if head:
             self.blocks.append(Dense(fan_in, task.num_classes, "identity", bias, init))
-        self.has_head = head
         self._widths = self._measure_widths()
+
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        o = options
+        return f"cnn conv {'-'.join(map(str, o.channels))} → {'-'.join(map(str, o.hidden))}"
 
     def _feature_size(self) -> int:
         x = torch.zeros(1, *self.task.input_shape)

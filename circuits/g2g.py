@@ -60,16 +60,13 @@ When the structure changes `structural_step` returns True and the engine zeroes 
 state of every masked-out entry (`parameter_masks`), so pruned edges keep no stale moments and
 regrown ones start clean. Random choices use a generator of the circuit, checkpointed with it.
 
-Compute path (``path``). Measured by benchmarks/g2g_layer.py (forward + backward, batch 128,
-G = 8, one CPU thread; results/g2g_layer.md; best-of-25 times on the 2-core AMD EPYC dev machine):
-the masked dense product F.linear(h, W ⊙ M) costs 1.05–1.12× the dense layer of the same shape
-(784→1000, 1000→1000, 2000→2000); the G within-ensemble blocks alone as one batched matmul
-(`block_linear`) cost 0.21–0.26×; but those blocks plus the Bernoulli(p′) remainder as a masked
-product cost 1.27–1.37×, and the active weights as a sparse COO matrix (torch.sparse.mm) 8×: at
-p′ = 0.15 the remainder (13 % of the entries, unstructured) is no cheaper than the whole layer.
+Compute path (``path``). The G within-ensemble blocks alone are one batched matmul
+(`block_linear`), much cheaper than the dense layer; the masked dense product F.linear(h, W ⊙ M)
+costs about a dense layer, and the blocks plus an unstructured Bernoulli(p′) remainder cost more
+than the masked product (benchmarks/g2g_layer.py; figures in benchmarks/results/g2g_layer.md).
 So ``auto`` (default) uses the block path exactly when a layer's mask is block-diagonal on
 contiguous equal ensembles (``grouping=index``, ``p_between=0``, widths divisible by G, and DST
-off or ``scope=between`` so no edge can leave the blocks; a 4–5× saving), and the masked dense
+off or ``scope=between`` so no edge can leave the blocks), and the masked dense
 path otherwise — that is, for every layer of the default configuration. ``masked`` always uses the
 masked path; ``block`` demands the block path (a usage error when a layer's mask is not
 block-diagonal). In the block path the off-block weights are never read and get no gradient.
@@ -91,27 +88,21 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
-from bioplaus.circuits.mlp import INITS, Dense, hidden_widths
+from bioplaus.circuits.mlp import INITS, Activation, Dense, Init
 from bioplaus.core import Circuit, Task
-from bioplaus.errors import UsageError, check_choice
+from bioplaus.errors import UsageError
 from bioplaus.functional import activation as activation_fn
+from bioplaus.options import CircuitOptions, option
 from bioplaus.registry import register_circuit
 
 GROUPINGS = ("index", "random", "mixer")
-PRUNE_CRITERIA = ("magnitude", "random", "correlation")
-REGROW_CRITERIA = ("correlation", "random")
-SCOPES = ("all", "between")
-PATHS = ("auto", "masked", "block")
-DST_DEFAULTS: dict[str, Any] = {
-    "enabled": False, "every": 100, "prune_fraction": 0.1, "prune": "magnitude",
-    "regrow": "correlation", "ema": 0.99, "scope": "all",
-}
 
 
 # -- groupings and masks ---------------------------------------------------------------------------
@@ -142,7 +133,7 @@ def layer_groupings(grouping: str, layer: int, n_in: int, n_out: int, groups: in
     if grouping == "mixer":
         inputs = contiguous_groups(n_in, groups) if layer % 2 == 0 else interleaved_groups(n_in, groups)
         return inputs, contiguous_groups(n_out, groups)
-    raise UsageError(f"unknown circuit.grouping '{grouping}'. Valid groupings: {', '.join(GROUPINGS)}.")
+    raise ValueError(f"unknown grouping '{grouping}'. Valid groupings: {', '.join(GROUPINGS)}.")
 
 
 def within_mask(in_groups: Tensor, out_groups: Tensor) -> Tensor:
@@ -166,7 +157,7 @@ def fan_in_corrected_init(weight: Tensor, bias: Tensor | None, mask: Tensor, ini
     """Initialise in place with each row's actual number of active inputs as its fan-in; masked
     entries are set to zero. Schemes as in the module docstring."""
     if init not in INITS:
-        raise UsageError(f"unknown circuit.init '{init}'. Valid inits: {', '.join(INITS)}.")
+        raise ValueError(f"unknown init '{init}'. Valid inits: {', '.join(INITS)}.")
     fan_in = mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # (out, 1)
     if init in ("default", "kaiming_uniform"):
         scale = 1.0 if init == "default" else math.sqrt(6.0)  # bound = scale / √k_i
@@ -321,7 +312,7 @@ class SparseDense(Dense):
     def correlation(self) -> Tensor:
         """ρ (out × in) from the bias-corrected EMAs (zeros before the first training pass)."""
         if not self.track_correlation:
-            raise UsageError("this sparse layer does not track correlations (no correlation criterion).")
+            raise RuntimeError("this sparse layer does not track correlations (no correlation criterion).")
         updates = float(self.corr_updates)
         if updates == 0:
             return torch.zeros_like(self.corr_cross)
@@ -336,47 +327,46 @@ class SparseDense(Dense):
 # -- the circuit -----------------------------------------------------------------------------------
 
 
-def _dst_options(dst: dict[str, Any] | None) -> dict[str, Any]:
-    options = dict(DST_DEFAULTS)
-    given = dict(dst or {})
-    unknown = sorted(set(given) - set(DST_DEFAULTS))
-    if unknown:
-        raise UsageError(f"circuit.dst has no option {', '.join(unknown)}. "
-                         f"Its options: {', '.join(DST_DEFAULTS)}.")
-    options.update(given)
-    if not isinstance(options["enabled"], bool):
-        raise UsageError(f"circuit.dst.enabled must be true or false; got {options['enabled']!r}.")
-    every = options["every"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise UsageError(f"circuit.dst.every must be a positive integer; got {every!r}.")
-    if not 0.0 < float(options["prune_fraction"]) < 1.0:
-        raise UsageError(f"circuit.dst.prune_fraction must lie in (0, 1); got {options['prune_fraction']}.")
-    if not 0.0 <= float(options["ema"]) < 1.0:
-        raise UsageError(f"circuit.dst.ema must lie in [0, 1); got {options['ema']}.")
-    check_choice("circuit.dst.prune", options["prune"], PRUNE_CRITERIA)
-    check_choice("circuit.dst.regrow", options["regrow"], REGROW_CRITERIA)
-    check_choice("circuit.dst.scope", options["scope"], SCOPES)
-    return options
+class DSTOptions(CircuitOptions):
+    """Dynamic sparse training: prune and regrow host-side between steps."""
+
+    enabled: bool = option(False, "whether DST runs")
+    every: int = option(100, "training steps between prune-and-regrow rounds", ge=1)
+    prune_fraction: float = option(
+        0.1, "ζ: fraction of active edges pruned (and as many regrown) per round", gt=0, lt=1)
+    prune: Literal["magnitude", "random", "correlation"] = option(
+        "magnitude", "pruning criterion: lowest |W|, random, or lowest |ρ|")
+    regrow: Literal["correlation", "random"] = option(
+        "correlation", "regrowth criterion: highest |ρ| (EMA of pre/post activity), or random")
+    ema: float = option(0.99, "decay of the correlation moments' moving averages", ge=0, lt=1)
+    scope: Literal["all", "between"] = option(
+        "all", "all edges, or only between ensembles (the within-ensemble blocks stay)")
 
 
-def load_masks(masks: str | Sequence[Tensor]) -> list[Tensor]:
-    """Explicit masks from a ``.pt`` path (a list/tuple of tensors) or a sequence of tensors."""
+def load_masks(masks: str | Sequence[Tensor], fans: list[int]) -> tuple[list[Tensor], list[str]]:
+    """Explicit masks from a ``.pt`` path (a list/tuple of tensors) or a sequence of tensors, and
+    what is wrong with them for layers of sizes ``fans`` (input, hidden widths...)."""
     if isinstance(masks, (str, Path)):
         path = Path(masks).expanduser()
         if not path.is_file():
-            raise UsageError(f"circuit.masks: no file '{path}' (a .pt file holding a list of 0/1 masks).")
+            return [], [f"circuit.masks: no file '{path}' (a .pt file holding a list of 0/1 masks)."]
         masks = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(masks, (list, tuple)) or not all(isinstance(m, Tensor) for m in masks):
-        raise UsageError("circuit.masks must be a path to a .pt file holding a list of mask tensors, "
-                         "or (API) a list of tensors.")
-    out = []
+        return [], ["circuit.masks must be a path to a .pt file holding a list of mask tensors, "
+                    "or (API) a list of tensors."]
+    out, problems = [], []
+    if len(masks) != len(fans) - 1:
+        problems.append(f"circuit.masks holds {len(masks)} masks for {len(fans) - 1} hidden layers.")
     for i, m in enumerate(masks):
         m = m.detach().cpu().float()
         if m.dim() != 2 or not bool(((m == 0) | (m == 1)).all()):
-            raise UsageError(f"circuit.masks[{i}] must be a 2-D tensor of 0s and 1s; got shape "
-                             f"{tuple(m.shape)}.")
+            problems.append(f"circuit.masks[{i}] must be a 2-D tensor of 0s and 1s; got shape "
+                            f"{tuple(m.shape)}.")
+        elif i + 1 < len(fans) and tuple(m.shape) != (fans[i + 1], fans[i]):
+            problems.append(f"circuit.masks[{i}] has shape {tuple(m.shape)}; layer {i + 1} needs "
+                            f"({fans[i + 1]}, {fans[i]}) (out, in).")
         out.append(m)
-    return out
+    return out, problems
 
 
 @register_circuit
@@ -385,41 +375,48 @@ class G2G(Circuit):
 
     name = "g2g"
 
-    def __init__(self, task: Task, hidden: Sequence[int] = (256, 256), groups: int = 8,
-                 p_between: float = 0.15, grouping: str = "index", activation: str = "relu",
-                 bias: bool = True, init: str = "default", mask_seed: int | None = None,
-                 masks: str | Sequence[Tensor] | None = None, path: str = "auto",
-                 dst: dict[str, Any] | None = None, head: bool = True):
-        super().__init__(task)
-        widths = hidden_widths(hidden, "circuit.hidden is empty: g2g needs at least one sparse hidden layer.")
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise UsageError(f"circuit.groups must be a positive integer; got {groups!r}.")
-        if not 0.0 <= float(p_between) <= 1.0:
-            raise UsageError(f"circuit.p_between must lie in [0, 1]; got {p_between}.")
-        grouping = check_choice("circuit.grouping", grouping, GROUPINGS)
-        path = check_choice("circuit.path", path, PATHS)
-        if init not in INITS:
-            raise UsageError(f"unknown circuit.init '{init}'. Valid inits: {', '.join(INITS)}.")
-        self.dst = _dst_options(dst)
+    class Options(CircuitOptions):
+        hidden: list[PositiveInt] = option([256, 256], "widths of the sparse hidden layers", min_length=1)
+        groups: int = option(8, "ensembles G per layer (inputs and outputs)", ge=1)
+        p_between: float = option(0.15, "p′: connection probability between non-matching ensembles",
+                                  ge=0, le=1)
+        grouping: Literal["index", "random", "mixer"] = option(
+            "index", "index (contiguous) | random | mixer (inputs contiguous / interleaved in "
+                     "alternate layers)")
+        activation: Activation = option("relu", "activation f of the hidden layers")
+        bias: bool = option(True, "whether every layer has a bias")
+        init: Init = option("default", "fan-in corrected weight initialisation")
+        mask_seed: int | None = option(
+            None, "seed of the mask draw (and of DST's random choices); the config sets it to ${seed}; "
+                  "null: torch.initial_seed()")
+        masks: str | list[Any] | None = option(
+            None, "path to a .pt file with a list of 0/1 (out, in) masks, one per hidden layer; "
+                  "replaces groups/p_between/grouping")
+        path: Literal["auto", "masked", "block"] = option(
+            "auto", "auto (block-diagonal masks: batched block matmul; else masked dense) | masked | block")
+        dst: DSTOptions = option(DSTOptions(), "dynamic sparse training, host-side between steps")
+
+    def __init__(self, task: Task, *, head: bool = True, **options: Any):
+        super().__init__(task, head=head, **options)
+        o = self.options
+        widths, groups, p_between, grouping = o.hidden, o.groups, o.p_between, o.grouping
+        activation, bias, init, masks, path = o.activation, o.bias, o.init, o.masks, o.path
+        self.dst = o.dst.model_dump()
         fans = [task.input_size, *widths]
-        if min(fans) < groups and masks is None:
-            raise UsageError(f"circuit.groups={groups} exceeds the smallest layer size {min(fans)}.")
-        seed = (int(mask_seed) if mask_seed is not None else torch.initial_seed()) % 2**63
+        problems = []
+        if masks is not None:
+            explicit, problems = load_masks(masks, fans)
+            if self.dst["scope"] == "between":
+                problems.append("circuit.dst.scope=between needs ensembles; explicit circuit.masks have "
+                                "none. Use dst.scope=all.")
+        elif min(fans) < groups:
+            problems.append(f"circuit.groups={groups} exceeds the smallest layer size {min(fans)}.")
+        if problems:
+            raise UsageError(" ".join(problems))
+        seed = (o.mask_seed if o.mask_seed is not None else torch.initial_seed()) % 2**63
         generator = torch.Generator().manual_seed(seed)
         self.dst_generator = torch.Generator().manual_seed((seed + 104_729) % 2**63)
 
-        if masks is not None:
-            explicit = load_masks(masks)
-            if len(explicit) != len(widths):
-                raise UsageError(f"circuit.masks holds {len(explicit)} masks for {len(widths)} hidden "
-                                 f"layers.")
-            for i, m in enumerate(explicit):
-                if tuple(m.shape) != (fans[i + 1], fans[i]):
-                    raise UsageError(f"circuit.masks[{i}] has shape {tuple(m.shape)}; layer {i + 1} needs "
-                                     f"({fans[i + 1]}, {fans[i]}) (out, in).")
-            if self.dst["scope"] == "between":
-                raise UsageError("circuit.dst.scope=between needs ensembles; explicit circuit.masks have "
-                                 "none. Use dst.scope=all.")
         correlate = self.dst["enabled"] and "correlation" in (self.dst["prune"], self.dst["regrow"])
         self.sparse_blocks: list[SparseDense] = []
         self.paths: list[str] = []
@@ -446,7 +443,6 @@ class G2G(Circuit):
             self.paths.append(layer_path)
         if head:
             self.blocks.append(Dense(widths[-1], task.num_classes, "identity", bias, init))
-        self.has_head = head
         self.rewirings = 0
 
     @property

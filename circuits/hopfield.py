@@ -28,6 +28,7 @@ Two storages of the same couplings (``couplings``):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -91,7 +92,7 @@ class Hopfield(Circuit):
                            ge=0)
 
     def __init__(self, task: Task, head: bool = False, **options: Any) -> None:
-        super().__init__(task, **options)
+        super().__init__(task, head=head, **options)
         if len(task.input_shape) != 1:
             raise UsageError(f"circuit 'hopfield' takes vectors of N spins; the data have examples "
                              f"of shape {task.input_shape}. Use data=patterns.")
@@ -185,40 +186,21 @@ class Hopfield(Circuit):
                 self_term = (vp * vp) @ (mask.t() if mask is not None else
                                          torch.ones(vp.shape[1], 1, device=device, dtype=dtype))
                 bias.sub_(self_term * sp / n)
-                vp_n = vp / n
-            else:
-                jp = self.J[order][:, order].contiguous()            # (N, N) in the sweep's order
-            for b0 in range(0, n, BLOCK):
-                b1 = min(n, b0 + BLOCK)
-                # fields of the block's spins from the state at the block's start, one matrix
-                # product; then spin by spin, each update adds its coupling to the later spins of
-                # the block: exactly the sequential dynamics, in O(B · BLOCK) per update
-                if self.factored:
-                    h = torch.addmm(bias[b0:b1], vp_n[b0:b1], u.t())   # (blk, B)
-                    if mask is None:
-                        jbb = vp[b0:b1] @ vp_n[b0:b1].t()               # (blk, blk)
-                    else:
-                        jbb = torch.einsum("sr,tr,br->bst", vp[b0:b1], vp_n[b0:b1], mask)
-                else:
-                    h = torch.addmm(bias[b0:b1], jp[b0:b1], sp)          # (blk, B)
-                    jbb = jp[b0:b1, b0:b1]
-                old = sp[b0:b1].clone()
-                # h_s += Σ_{t<s} J_st (σ_t^new − σ_t^old): the −σ^old half for the whole block
-                # now (strictly lower triangle), the σ^new half as each spin is decided
-                if jbb.dim() == 2:
-                    h.sub_(torch.tril(jbb, diagonal=-1) @ old)
-                else:
-                    h.sub_(torch.einsum("bst,tb->sb", torch.tril(jbb, diagonal=-1), old))
-                for t in range(b1 - b0):
-                    torch.sign(h[t], out=sp[b0 + t])
-                    if t + 1 < b1 - b0:                                  # J_st for s > t only
-                        if jbb.dim() == 2:
-                            h[t + 1:].addr_(jbb[t + 1:, t], sp[b0 + t])
-                        else:
-                            h[t + 1:].addcmul_(jbb[:, t + 1:, t].t(), sp[b0 + t])
-                if self.factored:
+                for b0 in range(0, n, BLOCK):
+                    b1 = min(n, b0 + BLOCK)
+                    h = torch.addmm(bias[b0:b1], vp[b0:b1] / n, u.t())   # (blk, B)
+                    jbb = (vp[b0:b1] @ (vp[b0:b1] / n).t() if mask is None else
+                           torch.einsum("sr,tr,br->bst", vp[b0:b1], vp[b0:b1] / n, mask))
+                    old = sp[b0:b1].clone()
+                    _decide_block(h, jbb, sp[b0:b1], old)
                     step = (sp[b0:b1] - old).t() @ vp[b0:b1]            # (B, R)
                     u += step if mask is None else step * mask
+            else:
+                jp = self.J[order][:, order].contiguous()            # (N, N) in the sweep's order
+                for b0 in range(0, n, BLOCK):
+                    b1 = min(n, b0 + BLOCK)
+                    h = torch.addmm(bias[b0:b1], jp[b0:b1], sp)          # (blk, B)
+                    _decide_block(h, jp[b0:b1, b0:b1], sp[b0:b1], sp[b0:b1].clone())
             flipped = (sp != start).sum(dim=0).to(dtype) / n
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(n, device=device)
@@ -227,3 +209,30 @@ class Hopfield(Circuit):
 
     def structure_metrics(self) -> dict[str, float]:
         return {"neurons": float(self.n)}
+
+    @classmethod
+    def describe(cls, options: Any, input_shape: tuple[int, ...]) -> str:
+        beta = options.beta
+        return f"hopfield N={math.prod(input_shape)}, β={'∞' if beta is None else beta}, {options.couplings}"
+
+
+def _decide_block(h: Tensor, jbb: Tensor, block: Tensor, old: Tensor) -> None:
+    """Decide a block's spins in order, in place in ``block`` (blk, B), from their fields ``h``
+    (blk, B) computed from the state ``old`` at the block's start, with the block's couplings
+    ``jbb`` (blk, blk), or (B, blk, blk) per replica. Each update adds its coupling to the later
+    spins of the block: h_s += Σ_{t<s} J_st (σ_t^new − σ_t^old) — the −σ^old half for the whole
+    block at once (strictly lower triangle), the σ^new half as each spin is decided — exactly the
+    sequential dynamics, in O(B · blk) per update."""
+    per_replica = jbb.dim() == 3
+    if per_replica:
+        h.sub_(torch.einsum("bst,tb->sb", torch.tril(jbb, diagonal=-1), old))
+    else:
+        h.sub_(torch.tril(jbb, diagonal=-1) @ old)
+    size = block.shape[0]
+    for t in range(size):
+        torch.sign(h[t], out=block[t])
+        if t + 1 < size:                                                 # J_st for s > t only
+            if per_replica:
+                h[t + 1:].addcmul_(jbb[:, t + 1:, t].t(), block[t])
+            else:
+                h[t + 1:].addr_(jbb[t + 1:, t], block[t])

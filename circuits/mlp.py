@@ -7,43 +7,38 @@ Block l computes a_l = f(z_l), z_l = W_l h_{l−1} + b_l on the flattened input.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import activation
+from bioplaus.options import CircuitOptions, option
 from bioplaus.registry import register_circuit
 
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
+#: the weight initialisations, as an option type
+Init = Literal["default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal"]
+#: the activations of `bioplaus.functional.activation`, as an option type
+Activation = Literal["relu", "tanh", "sigmoid", "elu", "gelu", "leaky_relu", "silu", "identity"]
 
 
-def hidden_widths(hidden: Sequence[int], empty_message: str | None = None) -> list[int]:
-    """``circuit.hidden`` as a list of ints, each checked positive; ``empty_message`` (if given)
-    is the `UsageError` for an empty list."""
-    widths = [int(w) for w in hidden]
-    if not widths and empty_message:
-        raise UsageError(empty_message)
-    if any(w <= 0 for w in widths):
-        raise UsageError(f"circuit.hidden widths must be positive; got {widths}.")
-    return widths
-
-
-def initialise(weight: Tensor, bias: Tensor | None, init: str, fan_in: int | None = None) -> None:
+def initialise(weight: Tensor, bias: Tensor | None, init: str) -> None:
     """Initialise a layer's weight in place by the named scheme; biases start at zero.
 
-    ``default`` is PyTorch's own layer init (kept, bias included). ``fan_in`` overrides the fan-in
-    used by the Kaiming schemes (for sparse layers whose effective fan-in is smaller).
+    ``default`` is PyTorch's own layer init (kept, bias included). Raises ValueError for a name
+    not in `INITS` (configs are checked against `Init` before a circuit is built).
     """
     if init == "default":
         return
     if init not in INITS:
-        raise UsageError(f"unknown circuit.init '{init}'. Valid inits: {', '.join(INITS)}.")
+        raise ValueError(f"unknown init '{init}'. Valid inits: {', '.join(INITS)}.")
     with torch.no_grad():
         if init.startswith("kaiming"):
-            fan = fan_in or nn.init._calculate_fan_in_and_fan_out(weight)[0]
+            fan = nn.init._calculate_fan_in_and_fan_out(weight)[0]
             gain = math.sqrt(2.0)
             if init == "kaiming_uniform":
                 bound = gain * math.sqrt(3.0 / fan)
@@ -76,6 +71,12 @@ class Dense(nn.Module):
     def pre(self, h: Tensor) -> Tensor:
         return self.linear(h.flatten(1))
 
+    def fresh(self, in_shape: tuple[int, ...]) -> Dense:
+        """A newly initialised dense block of this width and activation for inputs of ``in_shape``
+        (flattened); a sparse block's copy is dense."""
+        return Dense(math.prod(in_shape), self.out_features, self.activation_name,
+                     bias=self.linear.bias is not None)
+
     def forward(self, h: Tensor) -> Tensor:
         return self.act(self.pre(h))
 
@@ -89,18 +90,23 @@ class MLP(Circuit):
 
     name = "mlp"
 
-    def __init__(self, task: Task, hidden: Sequence[int] = (256, 256), activation: str = "relu",
-                 bias: bool = True, init: str = "default", head: bool = True):
-        super().__init__(task)
-        widths = hidden_widths(hidden, None if head else
-                               "circuit.hidden is empty and this learner trains no head: nothing to train.")
+    class Options(CircuitOptions):
+        hidden: list[PositiveInt] = option([256, 256], "widths of the hidden dense blocks")
+        activation: Activation = option("relu", "activation f of the hidden blocks")
+        bias: bool = option(True, "whether every block has a bias")
+        init: Init = option("default", "weight initialisation (default: PyTorch's own)")
+
+    def __init__(self, task: Task, *, head: bool = True, **options: Any):
+        super().__init__(task, head=head, **options)
+        o = self.options
+        if not o.hidden and not head:
+            raise UsageError("circuit.hidden is empty and this learner trains no head: nothing to train.")
         fan_in = task.input_size
-        for width in widths:
-            self.blocks.append(Dense(fan_in, width, activation, bias, init))
+        for width in o.hidden:
+            self.blocks.append(Dense(fan_in, width, o.activation, o.bias, o.init))
             fan_in = width
         if head:
-            self.blocks.append(Dense(fan_in, task.num_classes, "identity", bias, init))
-        self.has_head = head
+            self.blocks.append(Dense(fan_in, task.num_classes, "identity", o.bias, o.init))
 
     @property
     def block_widths(self) -> list[int]:

@@ -31,20 +31,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from bioplaus.circuits.cnn import ConvBlock
-from bioplaus.circuits.mlp import initialise
+from bioplaus.circuits.mlp import Activation, Init, initialise
 from bioplaus.core import Circuit, Task
-from bioplaus.errors import UsageError, check_choice
+from bioplaus.errors import UsageError
 from bioplaus.functional import activation as activation_fn
+from bioplaus.options import CircuitOptions, option
 from bioplaus.registry import register_circuit
-
-VARIANTS = ("dt", "ct", "fm")
-IMAGE_BRANCHES = ("mlp", "conv")
-NORMS = ("none", "batch")
 
 
 def time_features(t: Tensor, width: int, max_period: float = 1000.0) -> Tensor:
@@ -144,42 +143,47 @@ class NoPropBlocks(Circuit):
     """NoProp denoising blocks: image branch + label branch → C logits (T blocks, or one shared)."""
 
     name = "noprop_blocks"
+    headless = False
 
-    def __init__(self, task: Task, head: bool = True, variant: str = "dt", blocks: int = 10,
-                 image_branch: str = "mlp", image_hidden: Sequence[int] = (256,),
-                 channels: Sequence[int] = (32, 64), kernel_size: int = 3, label_features: int | None = None,
-                 label_hidden: Sequence[int] = (256,), time_features: int = 64,
-                 hidden: Sequence[int] = (256,), outputs: int | None = None, activation: str = "relu",
-                 norm: str = "none", dropout: float = 0.0, init: str = "default"):
-        super().__init__(task)
-        if not head:
-            raise UsageError("circuit 'noprop_blocks' always ends each block in its output layer; "
-                             "it has no headless form.")
-        if variant not in VARIANTS:
-            raise UsageError(f"circuit.variant must be one of {', '.join(VARIANTS)} (the noprop learner "
-                             f"config sets it from learner.variant); got '{variant}'.")
-        self.variant = variant
-        check_choice("circuit.image_branch", image_branch, IMAGE_BRANCHES)
-        check_choice("circuit.norm", norm, NORMS)
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-            raise UsageError(f"circuit.blocks must be a positive integer; got {blocks!r}.")
-        if image_branch == "conv" and len(task.input_shape) != 3:
+    class Options(CircuitOptions):
+        variant: Literal["dt", "ct", "fm"] = option(
+            "dt", "dt: `blocks` independent blocks | ct, fm: one shared block with a time input "
+                  "(the noprop learner config sets it from learner.variant)")
+        blocks: int = option(10, "T, the number of blocks under variant=dt", ge=1)
+        image_branch: Literal["mlp", "conv"] = option("mlp", "dense or convolutional image branch")
+        image_hidden: list[PositiveInt] = option(
+            [256], "dense widths of the image branch (after the conv stages under conv)")
+        channels: list[PositiveInt] = option(
+            [32, 64], "conv channels, one 3×3 conv + ReLU + 2×2 max-pool each (image_branch=conv)")
+        kernel_size: int = option(3, "side of the conv kernels", ge=1)
+        label_features: int | None = option(
+            None, "width of the label input z; null: C (one-hot / learned of width C)", ge=1)
+        label_hidden: list[PositiveInt] = option([256], "dense widths of the label branch")
+        time_features: int = option(
+            64, "width of the sinusoidal time embedding (ct, fm; even)", ge=2, multiple_of=2)
+        hidden: list[PositiveInt] = option([256], "dense widths after the concatenation")
+        outputs: int | None = option(
+            None, "output width; null: C logits (fm reads a velocity of the embedding width)", ge=1)
+        activation: Activation = option("relu", "activation of the hidden layers")
+        norm: Literal["none", "batch"] = option("none", "BatchNorm after every hidden layer, or none")
+        dropout: float = option(0.0, "dropout after every hidden layer", ge=0, lt=1)
+        init: Init = option("default", "weight initialisation (default: PyTorch's own)")
+
+    def __init__(self, task: Task, *, head: bool = True, **options: Any):
+        super().__init__(task, head=head, **options)
+        o = self.options
+        self.variant = o.variant
+        if o.image_branch == "conv" and len(task.input_shape) != 3:
             raise UsageError("circuit.image_branch=conv needs image inputs (channels, height, width); "
                              f"this data has shape {task.input_shape}.")
-        if not 0.0 <= dropout < 1.0:
-            raise UsageError(f"circuit.dropout must lie in [0, 1); got {dropout}.")
         shared = self.variant != "dt"
-        if shared and (time_features < 2 or time_features % 2):
-            raise UsageError(f"circuit.time_features must be an even number ≥ 2 for variant "
-                             f"{self.variant}; got {time_features}.")
-        for key, widths in (("image_hidden", image_hidden), ("label_hidden", label_hidden),
-                            ("hidden", hidden)):
-            if any(int(w) <= 0 for w in widths):
-                raise UsageError(f"circuit.{key} widths must be positive; got {list(widths)}.")
-        self.label_features = int(label_features) if label_features is not None else task.num_classes
-        self.outputs = int(outputs) if outputs is not None else task.num_classes
-        if self.label_features < 1 or self.outputs < 1:
-            raise UsageError("circuit.label_features and circuit.outputs must be positive.")
+        self.label_features = o.label_features if o.label_features is not None else task.num_classes
+        self.outputs = o.outputs if o.outputs is not None else task.num_classes
+        image_branch, image_hidden, channels, kernel_size = o.image_branch, o.image_hidden, o.channels, \
+            o.kernel_size
+        label_hidden, time_features, hidden, activation = o.label_hidden, o.time_features, o.hidden, \
+            o.activation
+        norm, dropout, init, blocks = o.norm, o.dropout, o.init, o.blocks
         self.shared = shared
         count = 1 if shared else blocks
         for _ in range(count):
@@ -187,6 +191,18 @@ class NoPropBlocks(Circuit):
                 task, image_branch, image_hidden, channels, kernel_size, self.label_features,
                 label_hidden, time_features if shared else 0, hidden, self.outputs, activation, norm,
                 dropout, init))
+
+    @classmethod
+    def describe(cls, options: CircuitOptions, input_shape: tuple[int, ...]) -> str:
+        o = options
+
+        def widths(ws: list[int]) -> str:
+            return "-".join(map(str, ws))
+
+        branch = (f"conv {widths(o.channels)} → {widths(o.image_hidden)}" if o.image_branch == "conv"
+                  else f"mlp {widths(o.image_hidden)}")
+        blocks = f"T={o.blocks} blocks" if o.variant == "dt" else "one shared block"
+        return f"noprop_blocks, {blocks}: image {branch}, head {widths(o.hidden)}"
 
     def forward(self, x: Tensor, z: Tensor, t: Tensor | None = None, block: int = 0) -> Tensor:  # type: ignore[override]
         """Output of block ``block`` (0-based) for image ``x``, label embedding ``z`` and, in the

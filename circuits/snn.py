@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from bioplaus.circuits.rnn import as_sequence, sequence_shape
@@ -298,7 +299,7 @@ class SNN(Circuit):
     input_layout = "batch_time"
 
     class Options(CircuitOptions):
-        hidden: list[int] = option([256, 256], "widths of the spiking hidden layers", min_length=1)
+        hidden: list[PositiveInt] = option([256, 256], "widths of the spiking hidden layers", min_length=1)
         neurons: Literal["spikingjelly", "snntorch"] = option("spikingjelly", "LIF kernel package")
         tau: float = option(1.005, "membrane time constant τ in time steps (leak factor 1 − 1/τ)", ge=1)
         alpha: float = option(5.0, "sharpness α of the ATan surrogate gradient", gt=0)
@@ -308,13 +309,11 @@ class SNN(Circuit):
         dropout: float = option(0.0, "dropout probability on hidden spikes", ge=0, lt=1)
 
     def __init__(self, task: Task, head: bool = True, **options: Any):
-        super().__init__(task, **options)
+        super().__init__(task, head=head, **options)
         o = self.options
         if o.delays and o.max_delay % 2 == 0:
             raise UsageError(f"circuit.max_delay must be odd with circuit.delays=true "
                              f"(delays span 0..T_d−1 around a centred tap); got {o.max_delay}.")
-        if any(w <= 0 for w in o.hidden):
-            raise UsageError(f"circuit.hidden widths must be positive; got {list(o.hidden)}.")
         self.steps, features = sequence_shape(tuple(task.input_shape))
         for width in o.hidden:
             self.blocks.append(SpikingBlock(self._synapse(features, width), width, o.tau, o.alpha,
@@ -405,28 +404,17 @@ class SNN(Circuit):
             raise UsageError("circuit 'snn' was built without its output layer (head=False).")
         xs = as_sequence(x).transpose(0, 1)
         batch, total = xs.shape[1], self.output_steps()
-        kernels, leaves = [], []
+        kernels, leaves, buffers, lengths, n = [], [], [], [], self.steps
         for syn in self.synapses():
-            if syn.has_delays:
-                k = syn.kernel()
-                leaf = k.detach().requires_grad_(k.requires_grad)
-                kernels.append(k)
-                leaves.append(leaf)
-            else:
-                kernels.append(None)
-                leaves.append(None)
-        lengths, n = [], self.steps
-        for syn in self.synapses():
+            k = syn.kernel() if syn.has_delays else None
+            kernels.append(k)
+            leaves.append(None if k is None else k.detach().requires_grad_(k.requires_grad))
+            buffers.append(xs.new_zeros(syn.max_delay, batch, syn.weight.shape[1]) if syn.has_delays
+                           else None)
             n += syn.extra_steps
             lengths.append(n)
-        buffers: list[Tensor | None] = []
-        for syn in self.synapses():
-            if syn.has_delays:
-                buffers.append(xs.new_zeros(syn.max_delay, batch, syn.weight.shape[1]))
-            else:
-                buffers.append(None)
         states: list[Tensor | None] = [None] * len(self.blocks)
-        masks = [None] * len(self.blocks)
+        masks: list[Tensor | None] = [None] * len(self.blocks)
         readout = []
         for t in range(total):
             # a copy of step t's input: what the step's graph keeps is this step's slice, not the
@@ -439,22 +427,12 @@ class SNN(Circuit):
                     current = torch.einsum("oin,nbi->bo", leaves[i], buffers[i])
                 else:
                     current = syn(h)
-                if isinstance(block, OutputBlock):
-                    decay = 1.0 - 1.0 / block.tau
-                    u = current if states[i] is None else decay * states[i].detach() + current
-                    states[i] = u
-                    h = u
-                    continue
-                if block.norm is not None:
-                    current = block.norm(current)
-                spikes, states[i] = block.neuron(current.unsqueeze(0),
-                                                 None if states[i] is None else states[i].detach())
-                h = spikes[0]
-                if t == 0:
+                h, states[i] = _step_block(block, current, states[i])
+                if t == 0 and not isinstance(block, OutputBlock):
                     masks[i] = block.dropout_mask(h)
                 if masks[i] is not None:
                     h = h * masks[i]
-                if t >= lengths[i]:
+                if t >= lengths[i] and not isinstance(block, OutputBlock):
                     h = torch.zeros_like(h)
             on_step(t, h)
             readout.append(h.detach())
@@ -462,3 +440,18 @@ class SNN(Circuit):
             if k is not None and leaf.grad is not None:
                 k.backward(leaf.grad)
         return torch.stack(readout)
+
+
+def _step_block(block: nn.Module, current: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One time step of a block given its synaptic current (batch, n) and its state from the
+    previous step, detached (the SLTT cut): (output, new state). The output layer integrates
+    U[t] = (1 − 1/τ) U[t−1] + I[t] and returns U; a spiking block normalises the current and
+    returns its spikes."""
+    previous = None if state is None else state.detach()
+    if isinstance(block, OutputBlock):
+        u = current if previous is None else (1.0 - 1.0 / block.tau) * previous + current
+        return u, u
+    if block.norm is not None:
+        current = block.norm(current)
+    spikes, state = block.neuron(current.unsqueeze(0), previous)
+    return spikes[0], state

@@ -11,12 +11,15 @@ Rumelhart, Hinton & Williams, "Learning representations by back-propagating erro
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from bioplaus.core import Circuit, Learner, Task
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
 
 
@@ -27,11 +30,17 @@ class Backprop(Learner):
     name = "backprop"
     circuits = ("mlp", "cnn", "rnn", "g2g", "snn")
 
-    def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
-                 weight_decay: float = 0.0, momentum: float = 0.9):
-        super().__init__(circuit, task)
+    class Options(LearnerOptions):
+        optimizer: Literal["adam", "adamw", "sgd"] = option("adam", "optimizer of every circuit parameter")
+        lr: float = option(1e-3, "learning rate", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
         self.optimizer = self.add_optimizer(
-            "circuit", make_optimizer(circuit.parameters(), optimizer, lr, weight_decay, momentum)
+            "circuit", make_optimizer(circuit.parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum)
         )
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:

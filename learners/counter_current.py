@@ -36,7 +36,7 @@ L2 norm, P̂ likewise, S_l = Â P̂ᵀ, and
 
 (the Â term is left out at level 0, where A_0 = x has no parameters).
 
-Losses. ALGORITHMS.md records the prototype-similarity loss above as the reference code's, and
+Losses. The prototype-similarity loss above is the one of the authors' reference code, and
 that is the default. ``loss=pairwise`` is the paper's description (Fig. 1b: the loss is "the
 difference of activations from corresponding layer pairs"): the feedback net runs on each
 example's own target y*_i — which, the feedback being row-wise, is exactly the prototype row
@@ -46,9 +46,9 @@ c_l[y_i] — and
 
 with the same weight as the default so that λ means the same. Its exact normalisation in the paper
 is not verified here. Without row normalisation both nets can meet at a constant (every prototype
-equal, every activity equal) and the pair collapses: measured on digits, chance accuracy. So
-``normalize=auto`` turns normalisation on for ``pairwise`` too (digits, learner defaults otherwise:
-0.85 test accuracy, against 0.97 for ``prototype``), whereas the prototype loss needs none: its
+equal, every activity equal) and the pair collapses to chance accuracy. So ``normalize=auto``
+turns normalisation on for ``pairwise`` too (it then learns, below ``prototype``), whereas the
+prototype loss needs none: its
 off-target entries (S − Y = S for the wrong classes) already push the classes apart.
 
 Inference: the forward net's logits (one pass), the headline readout ``logits``. `predictions`
@@ -60,7 +60,7 @@ to the convolution's output size followed by a transposed convolution with the s
 padding (ConvTranspose2d, stride 1), which lands exactly on the block's input shape; a dense block
 in a `cnn` is mirrored by a linear map reshaped to the level below.
 
-Options (every one a ``learner.*`` config key):
+Options (declared in the class's `Options`; each a ``learner.*`` config key):
     loss          prototype | pairwise
     lam           λ of the level losses (0.5)
     normalize     auto | on | off — L2 rows and the self-similarity term (auto: on for cnn
@@ -81,30 +81,25 @@ paper's setting); the prototype readout is ours; on `digits` the learner config 
 only 5 steps per epoch). Metrics: ``loss`` (L), ``ce``, ``level_loss`` (Σ_l L_l), ``accuracy``
 (logits, training batch).
 
-Measured (CPU, one thread): ``bioplaus run learner=counter_current`` — digits, 30 epochs, 1.5 s of
-training: test accuracy 0.967 (prototype readout 0.969). Fashion-MNIST preset `fmnist_ccl_mlp`
-(784-256×5-10, batch 256): about 5 s per epoch; validation 0.759, 0.803, 0.823 after epochs 1–3.
+Measured accuracies and timings are in ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import clip_grad_norm_
 
 from bioplaus.circuits.cnn import ConvBlock
-from bioplaus.circuits.mlp import Dense
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy, one_hot
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-LOSSES = ("prototype", "pairwise")
-NORMALIZE = ("auto", "on", "off")
 
 
 def level_loss(activity: Tensor, prototypes: Tensor, y_onehot: Tensor, lam: float = 0.5,
@@ -134,23 +129,6 @@ def level_loss(activity: Tensor, prototypes: Tensor, y_onehot: Tensor, lam: floa
             ssl = ssl + ((a @ a.t() - eye_b) ** 2).mean()
         loss = loss + ssl_weight * ssl
     return loss
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> Tensor:
-    """Scale the gradients of ``params`` so that their global L2 norm is at most ``max_norm``.
-
-    Tensor ops only — no ``.item()``, no Python branch on the norm — so it can be captured in a
-    CUDA graph: g ← g · min(1, max_norm / (‖g‖ + 1e-6)). Returns the norm before clipping.
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, factor)
-    return total
 
 
 class FeedbackDense(nn.Module):
@@ -189,28 +167,28 @@ class CounterCurrent(Learner):
     circuits = ("mlp", "cnn", "g2g")
     circuit_head = True
 
-    def __init__(self, circuit: Circuit, task: Task, loss: str = "prototype", lam: float = 0.5,
-                 normalize: str = "auto", ssl_weight: float = 0.1, ce_weight: float = 1.0,
-                 optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.0,
-                 weight_decay: float = 0.0, clip: float = 1.0):
-        super().__init__(circuit, task)
-        if loss not in LOSSES:
-            raise UsageError(f"learner.loss must be one of {', '.join(LOSSES)}; got '{loss}'.")
-        if normalize not in NORMALIZE:
-            raise UsageError(f"learner.normalize must be one of {', '.join(NORMALIZE)}; got '{normalize}'.")
-        for key, value in (("lam", lam), ("ssl_weight", ssl_weight), ("ce_weight", ce_weight),
-                           ("clip", clip), ("weight_decay", weight_decay)):
-            if value < 0:
-                raise UsageError(f"learner.{key} must be ≥ 0; got {value}.")
+    class Options(LearnerOptions):
+        loss: Literal["prototype", "pairwise"] = option(
+            "prototype", "prototype: S = A Pᵀ vs Y | pairwise (the paper's Fig. 1b): ‖a − c_y‖²")
+        lam: float = option(0.5, "λ: level loss (256·λ/d)·mean((S − Y)²)", ge=0)
+        normalize: Literal["auto", "on", "off"] = option(
+            "auto", "L2 rows + self-similarity term; auto: on for conv blocks and loss=pairwise")
+        ssl_weight: float = option(0.1, "λ_ssl of mean((AAᵀ−I)²) + mean((PPᵀ−I)²) (with normalisation only)",
+                                   ge=0)
+        ce_weight: float = option(1.0, "weight of the cross-entropy on the forward net's logits", ge=0)
+        optimizer: Literal["adam", "adamw", "sgd"] = option("sgd", "optimizer of each net (one per net)")
+        lr: float = option(1.0, "learning rate", gt=0)
+        momentum: float = option(0.0, "SGD momentum (sgd only)", ge=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        clip: float = option(1.0, "max gradient norm of each net (0: off)", ge=0)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        loss, lam, normalize, ssl_weight, ce_weight, clip = (
+            o.loss, o.lam, o.normalize, o.ssl_weight, o.ce_weight, o.clip)
         task.require_classification("counter_current")
         blocks = list(circuit.blocks)
-        headed = bool(blocks) and getattr(circuit, "has_head", True)
-        if not headed or circuit.block_widths[-1] != task.num_classes:
-            raise UsageError("counter_current needs a circuit whose last block is the head to the C classes.")
-        for block in blocks:
-            if not isinstance(block, (Dense, ConvBlock)):
-                raise UsageError(f"counter_current mirrors dense and conv blocks only; got "
-                                 f"{type(block).__name__}.")
         self.loss_kind = loss
         self.lam = lam
         self.normalize = (normalize == "on") or (normalize == "auto" and (
@@ -225,9 +203,9 @@ class CounterCurrent(Learner):
         self.forward_params = [p for p in circuit.parameters() if p.requires_grad]
         self.feedback_params = [p for p in self.feedback.parameters() if p.requires_grad]
         self.forward_optimizer = self.add_optimizer("forward", make_optimizer(
-            self.forward_params, optimizer, lr, weight_decay, momentum, device=device))
+            self.forward_params, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device))
         self.feedback_optimizer = self.add_optimizer("feedback", make_optimizer(
-            self.feedback_params, optimizer, lr, weight_decay, momentum, device=device))
+            self.feedback_params, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device))
 
     @staticmethod
     def _mirror(blocks: list[nn.Module], task: Task) -> list[nn.Module]:
@@ -287,8 +265,9 @@ class CounterCurrent(Learner):
         self.feedback_optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.clip > 0:
-            clip_grad_norm(self.forward_params, self.clip)
-            clip_grad_norm(self.feedback_params, self.clip)
+            # torch's clip: g ← g · min(1, clip / (‖g‖ + 1e-6)), tensor ops only (no host sync)
+            clip_grad_norm_(self.forward_params, self.clip, foreach=True)
+            clip_grad_norm_(self.feedback_params, self.clip, foreach=True)
         self.forward_optimizer.step()
         self.feedback_optimizer.step()
         return {"loss": total.detach(), "ce": ce.detach(), "level_loss": level_total.detach(),

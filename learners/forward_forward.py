@@ -27,7 +27,7 @@ Threshold θ_l (``threshold: null``): under RMS, d_l (the layer's width, Hinton'
 ``norm="l2"`` the layer's input is √d_{l−1} times smaller, so the default is scaled by the input's
 mean square 1/d_{l−1} (θ_l = d_l/d_{l−1}, resp. 1/d_{l−1}; d_0 = input size): with θ = d_l the
 target is out of reach of the input-driven activity at init, the biases alone carry G up to θ and
-training goes wrong (measured: below chance on digits). A number overrides θ for every layer.
+training goes wrong. A number overrides θ for every layer.
 
 Peer normalisation (``peer_norm`` = λ > 0, paper value 0.03): a running mean m_{l,j} of each unit's
 activity over the positive and negative batch, momentum 0.9, kept in a buffer;
@@ -46,19 +46,18 @@ Readouts (both are reported by `predictions`; ``readout`` picks the one `predict
   so it is trained on exactly the input distribution it sees at test time (the FF layers never
   receive its gradient). Its training accuracy is the step's ``accuracy`` metric.
 
-Options (every one a config key): optimizer (adam|adamw|sgd), lr, weight_decay, momentum, norm
-(rms|l2), goodness (sum|mean), threshold (null|number), loss (standard|symba), symba_alpha,
-negatives (random|hard), peer_norm (λ, 0 = off), peer_momentum, readout (goodness|softmax),
-readout_lr, label_scale (value written for the true label in the overlay; 1 = the paper's one-hot),
-eps.
+Options (declared in `ForwardForward.Options`; each a config key): optimizer (adam|adamw|sgd), lr,
+weight_decay, momentum, norm (rms|l2), goodness (sum|mean), threshold (null|number), loss
+(standard|symba), symba_alpha, negatives (random|hard), peer_norm (λ, 0 = off), peer_momentum,
+readout (goodness|softmax), readout_lr, label_scale (value written for the true label in the
+overlay; 1 = the paper's one-hot), eps.
 
 Metrics of `train_step` (0-d tensors, no host sync): loss (FF + λ·peer + readout CE, the one the
 engine watches for divergence), ff_loss, peer_loss, readout_loss, accuracy (softmax readout on the
 batch), separation (fraction of the batch with G_L(x⁺) > G_L(x⁻) in the last layer).
 
 Defaults (configs/learner/forward_forward.yaml): MLP 64-256-256 on digits, Adam lr 3e-3, batch 64,
-60 epochs: test accuracy ≈ 0.97 (goodness readout; seeds 0–6: 0.967–0.983), a few seconds of
-training on one CPU thread.
+60 epochs. Measured accuracies and timings are in ``benchmarks/results/``.
 
 Other deviations: the first layer's input (image + overlay) is normalised like every other layer's
 input; ``negatives="hard"`` takes the single most-confusable wrong label (argmax), where Hinton
@@ -67,15 +66,17 @@ samples wrong labels in proportion to their predicted probabilities.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioplaus.circuits.mlp import Dense
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError, check_choice
+from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
 
 NORMS = ("rms", "l2")
@@ -95,7 +96,7 @@ def normalise(h: Tensor, norm: str = "rms", eps: float = 1e-8) -> Tensor:
         return h / (h.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
     if norm == "l2":
         return h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-    raise UsageError(f"unknown forward_forward norm '{norm}'. Valid norms: {', '.join(NORMS)}.")
+    raise ValueError(f"unknown forward_forward norm '{norm}'. Valid norms: {', '.join(NORMS)}.")
 
 
 def goodness(a: Tensor, kind: str = "sum") -> Tensor:
@@ -108,7 +109,7 @@ def goodness(a: Tensor, kind: str = "sum") -> Tensor:
         return squares.sum(dim=1)
     if kind == "mean":
         return squares.mean(dim=1)
-    raise UsageError(f"unknown forward_forward goodness '{kind}'. Valid: {', '.join(GOODNESS)}.")
+    raise ValueError(f"unknown forward_forward goodness '{kind}'. Valid: {', '.join(GOODNESS)}.")
 
 
 def standard_loss(g_pos: Tensor, g_neg: Tensor, threshold: float | Tensor) -> Tensor:
@@ -128,7 +129,7 @@ def ff_loss(g_pos: Tensor, g_neg: Tensor, threshold: float | Tensor, kind: str =
         return standard_loss(g_pos, g_neg, threshold)
     if kind == "symba":
         return symba_loss(g_pos, g_neg, alpha)
-    raise UsageError(f"unknown forward_forward loss '{kind}'. Valid losses: {', '.join(LOSSES)}.")
+    raise ValueError(f"unknown forward_forward loss '{kind}'. Valid losses: {', '.join(LOSSES)}.")
 
 
 def overlay(x: Tensor, label_vector: Tensor) -> Tensor:
@@ -191,18 +192,40 @@ class ForwardForward(Learner):
     circuits = ("mlp", "g2g")
     circuit_head = False
 
-    def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 1e-3,
-                 weight_decay: float = 0.0, momentum: float = 0.9, norm: str = "rms",
-                 goodness: str = "sum", threshold: float | None = None, loss: str = "standard",
-                 symba_alpha: float = 4.0, negatives: str = "random", peer_norm: float = 0.0,
-                 peer_momentum: float = 0.9, readout: str = "goodness", readout_lr: float = 1e-2,
-                 label_scale: float = 1.0, eps: float = 1e-8):
-        super().__init__(circuit, task)
-        self.norm = check_choice("learner.norm", norm, NORMS)
-        self.goodness_kind = check_choice("learner.goodness", goodness, GOODNESS)
-        self.loss_kind = check_choice("learner.loss", loss, LOSSES)
-        self.negatives = check_choice("learner.negatives", negatives, NEGATIVES)
-        self.readout = check_choice("learner.readout", readout, READOUTS)
+    class Options(LearnerOptions):
+        optimizer: Literal["adam", "adamw", "sgd"] = option(
+            "adam", "one optimizer over all layers (their losses are detached)")
+        lr: float = option(3e-3, "learning rate of the layers", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+        norm: Literal["rms", "l2"] = option(
+            "rms", "normalisation of each layer's input: Σĥ² = dim, or unit length")
+        goodness: Literal["sum", "mean"] = option("sum", "goodness: sum or mean of squared activities")
+        threshold: float | None = option(
+            None, "θ of every layer; null: width (sum) / 1 (mean) under rms, scaled by 1/fan_in under l2",
+            gt=0)
+        loss: Literal["standard", "symba"] = option(
+            "standard", "softplus(θ−G⁺)+softplus(G⁻−θ), or SymBa softplus(−α(G⁺−G⁻))")
+        symba_alpha: float = option(4.0, "α of the SymBa loss", gt=0)
+        negatives: Literal["random", "hard"] = option(
+            "random", "uniform wrong label, or the most-confusable wrong label (C extra passes)")
+        peer_norm: float = option(0.0, "λ of peer normalisation (paper: 0.03); 0 = off", ge=0)
+        peer_momentum: float = option(0.9, "momentum of the running mean activity of peer normalisation",
+                                      ge=0, lt=1)
+        readout: Literal["goodness", "softmax"] = option(
+            "goodness", "headline readout: goodness (C passes) or softmax (neutral label, linear classifier)")
+        readout_lr: float = option(1e-2, "Adam lr of the softmax readout's linear classifier", gt=0)
+        label_scale: float = option(1.0, "value of the true label's entry in the overlay", gt=0)
+        eps: float = option(1e-8, "ε of the normalisation", gt=0)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        self.norm = o.norm
+        self.goodness_kind = o.goodness
+        self.loss_kind = o.loss
+        self.negatives = o.negatives
+        self.readout = o.readout
         task.require_classification("forward_forward")
         self.num_classes = int(task.num_classes)
         if task.input_size <= self.num_classes:
@@ -211,29 +234,12 @@ class ForwardForward(Learner):
                 f"example has only {task.input_size} inputs."
             )
         blocks = list(circuit.blocks)
-        if not blocks or not all(isinstance(b, Dense) for b in blocks):
-            raise UsageError(
-                "forward_forward trains circuits made of dense blocks (circuit=mlp or g2g) only.")
-        if threshold is not None and not float(threshold) > 0:
-            raise UsageError(f"forward_forward threshold must be positive or null; got {threshold}.")
-        if not float(symba_alpha) > 0:
-            raise UsageError(f"forward_forward symba_alpha must be positive; got {symba_alpha}.")
-        if float(peer_norm) < 0:
-            raise UsageError(f"forward_forward peer_norm must be ≥ 0; got {peer_norm}.")
-        if not 0.0 <= float(peer_momentum) < 1.0:
-            raise UsageError(f"forward_forward peer_momentum must lie in [0, 1); got {peer_momentum}.")
-        if not float(label_scale) > 0:
-            raise UsageError(f"forward_forward label_scale must be positive; got {label_scale}.")
-        if not float(eps) > 0:
-            raise UsageError(f"forward_forward eps must be positive; got {eps}.")
-        if not float(readout_lr) > 0:
-            raise UsageError(f"forward_forward readout_lr must be positive; got {readout_lr}.")
-
-        self.symba_alpha = float(symba_alpha)
-        self.peer_norm = float(peer_norm)
-        self.peer_momentum = float(peer_momentum)
-        self.label_scale = float(label_scale)
-        self.eps = float(eps)
+        self.symba_alpha = o.symba_alpha
+        self.peer_norm = o.peer_norm
+        self.peer_momentum = o.peer_momentum
+        self.label_scale = o.label_scale
+        self.eps = o.eps
+        threshold = o.threshold
         widths = [b.out_features for b in blocks]
         if threshold is None:
             fan_ins = [task.input_size, *widths[:-1]]
@@ -253,10 +259,10 @@ class ForwardForward(Learner):
         self.classifier = nn.Linear(feature_size, self.num_classes).to(device)
 
         self.optimizer = self.add_optimizer(
-            "circuit", make_optimizer(circuit.parameters(), optimizer, lr, weight_decay, momentum)
+            "circuit", make_optimizer(circuit.parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum)
         )
         self.readout_optimizer = self.add_optimizer(
-            "readout", make_optimizer(self.classifier.parameters(), "adam", readout_lr)
+            "readout", make_optimizer(self.classifier.parameters(), "adam", o.readout_lr)
         )
 
     # -- passes -----------------------------------------------------------------------------------

@@ -72,18 +72,19 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-AUX_KINDS = ("dgl", "infopro", "auglocal", "man")
 
 
 def split_into_modules(num_blocks: int, modules: int | None) -> list[range]:
@@ -161,19 +162,9 @@ def pick_uniformly(candidates: Sequence[int], d: int) -> list[int]:
 
 
 def fresh_copy(block: nn.Module, in_shape: Sequence[int]) -> nn.Module:
-    """A new block of ``block``'s kind and width, newly initialised, taking inputs of ``in_shape``."""
-    from bioplaus.circuits.cnn import ConvBlock
-    from bioplaus.circuits.mlp import Dense
-
-    if isinstance(block, Dense):
-        return Dense(math.prod(in_shape), block.out_features, block.activation_name,
-                     bias=block.linear.bias is not None)
-    if isinstance(block, ConvBlock) and len(in_shape) == 3:
-        copy = ConvBlock(in_shape[0], block.conv.out_channels, block.conv.kernel_size[0], "relu", 1,
-                         block.conv.bias is not None, "default")
-        copy.act, copy.pool = block.act, block.pool  # the block's own activation and pooling
-        return copy
-    raise UsageError(f"aux=auglocal cannot copy a block of kind {type(block).__name__}.")
+    """A new block of ``block``'s kind and width, newly initialised, taking inputs of ``in_shape``
+    (the block's own ``fresh``: every block of the circuits local_aux trains has one)."""
+    return block.fresh(tuple(in_shape))
 
 
 @register_learner
@@ -183,26 +174,35 @@ class LocalAux(Learner):
     name = "local_aux"
     circuits = ("mlp", "cnn", "g2g")
 
-    def __init__(self, circuit: Circuit, task: Task, aux: str = "dgl", modules: int | None = None,
-                 aux_hidden: Sequence[int] = (), aux_pool: int = 2, recon_weight: float = 1.0,
-                 aux_depth: int = 2, depth_decay: float = 0.5, ema_momentum: float = 0.995,
-                 optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
-        super().__init__(circuit, task)
-        if aux not in AUX_KINDS:
-            raise UsageError(f"learner.aux must be one of {', '.join(AUX_KINDS)}; got '{aux}'.")
-        if isinstance(aux_pool, bool) or not isinstance(aux_pool, int) or aux_pool < 1:
-            raise UsageError(f"learner.aux_pool must be a positive integer; got {aux_pool!r}.")
-        if recon_weight < 0 or weight_decay < 0:
-            raise UsageError("learner.recon_weight and learner.weight_decay must be ≥ 0.")
-        if isinstance(aux_depth, bool) or not isinstance(aux_depth, int) or aux_depth < 1:
-            raise UsageError(f"learner.aux_depth must be a positive integer; got {aux_depth!r}.")
-        if not 0.0 <= depth_decay <= 1.0:
-            raise UsageError(f"learner.depth_decay must lie in [0, 1]; got {depth_decay}.")
-        if any(int(h) < 1 for h in aux_hidden):
-            raise UsageError(f"learner.aux_hidden widths must be positive; got {list(aux_hidden)}.")
-        if not 0.0 <= ema_momentum < 1.0:
-            raise UsageError(f"learner.ema_momentum must lie in [0, 1); got {ema_momentum}.")
+    class Options(LearnerOptions):
+        aux: Literal["dgl", "infopro", "auglocal", "man"] = option(
+            "dgl", "auxiliary net: classifier (dgl) | classifier + input decoder (infopro) | "
+                   "fresh copies of later blocks, then the classifier (auglocal) | infopro's heads on "
+                   "EMA + learnable copies of the next module's first layer (man)")
+        modules: int | None = option(
+            None, "K gradient-isolated modules of contiguous blocks; null: one per block", ge=1)
+        aux_hidden: list[PositiveInt] = option(
+            [], "hidden widths of each auxiliary classifier (after pooling a feature map)")
+        aux_pool: int = option(2, "feature maps are average-pooled to aux_pool × aux_pool", ge=1)
+        recon_weight: float = option(1.0, "λ of infopro's reconstruction term", ge=0)
+        aux_depth: int = option(2, "auglocal: blocks copied into the first module's auxiliary net", ge=1)
+        depth_decay: float = option(
+            0.5, "auglocal: τ, the depth falls linearly to (1 − τ)·aux_depth at the last hidden module",
+            ge=0, le=1)
+        optimizer: Literal["adam", "adamw", "sgd"] = option(
+            "adam", "one optimizer; each module still gets only its own gradient")
+        lr: float = option(1e-3, "learning rate", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+        ema_momentum: float = option(
+            0.995, "man: m of the EMA copy, θ_EMA ← m θ_EMA + (1 − m) θ_next after each update", ge=0, lt=1)
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        aux, modules, aux_hidden, aux_pool = o.aux, o.modules, o.aux_hidden, o.aux_pool
+        recon_weight, aux_depth, depth_decay = o.recon_weight, o.aux_depth, o.depth_decay
+        ema_momentum = o.ema_momentum
         task.require_classification("local_aux")
         self.aux = aux
         self.ema_momentum = float(ema_momentum)
@@ -229,7 +229,7 @@ class LocalAux(Learner):
         ).to(device) if aux in ("infopro", "man") else nn.ModuleList()
         trainable = [p for p in self.parameters() if p.requires_grad]  # not MAN's EMA copies
         self.optimizer = self.add_optimizer(
-            "local", make_optimizer(trainable, optimizer, lr, weight_decay, momentum, device=device)
+            "local", make_optimizer(trainable, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device)
         )
 
     def _auglocal_block_choice(self, depth: int, decay: float) -> list[list[int]]:
@@ -259,9 +259,6 @@ class LocalAux(Learner):
                 for i in blocks:
                     h = self.circuit.blocks[i](h)
                 shapes.append(tuple(h.shape[1:]))
-        if shapes[-1] != (self.task.num_classes,):
-            raise UsageError("local_aux trains the circuit's head as its last module: the circuit must "
-                             f"end in a head of {self.task.num_classes} outputs.")
         return shapes
 
     # -- training -------------------------------------------------------------------------------

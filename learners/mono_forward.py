@@ -40,7 +40,7 @@ blocks) but needs no new graph capture when the stage changes; optimizer moments
 blocks keep tracking their gradients, which gives a block a warm optimizer state when its stage
 starts.
 
-Options (every constructor argument is a ``learner.*`` config key):
+Options (declared in `MonoForward.Options`; each a ``learner.*`` config key):
     optimizer      adam | adamw | sgd; one optimizer over every block and projection
     lr             learning rate (paper, Fashion-MNIST: Adam 3.9e-4, batch 128)
     weight_decay   L2 (adam, sgd) or decoupled (adamw) weight decay on W_l, b_l and M_l
@@ -61,20 +61,17 @@ and ``stage`` under greedy), ``accuracy`` is the last block's training accuracy.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer, set_lr
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-SCHEDULES = ("simultaneous", "greedy")
-READOUTS = ("last", "sum")
 
 
 def class_scores(activity: Tensor, projection: Tensor) -> Tensor:
@@ -90,28 +87,35 @@ class MonoForward(Learner):
     circuits = ("mlp", "cnn", "g2g")
     circuit_head = False
 
-    def __init__(self, circuit: Circuit, task: Task, optimizer: str = "adam", lr: float = 2e-3,
-                 weight_decay: float = 0.0, momentum: float = 0.9, schedule: str = "simultaneous",
-                 readout: str = "last", greedy_epochs: int = 10, lr_decay: float = 1.0):
-        super().__init__(circuit, task)
-        if schedule not in SCHEDULES:
-            raise UsageError(f"learner.schedule must be one of {', '.join(SCHEDULES)}; got '{schedule}'.")
-        if readout not in READOUTS:
-            raise UsageError(f"learner.readout must be one of {', '.join(READOUTS)}; got '{readout}'.")
-        if isinstance(greedy_epochs, bool) or not isinstance(greedy_epochs, int) or greedy_epochs < 1:
-            raise UsageError(f"learner.greedy_epochs must be a positive integer; got {greedy_epochs!r}.")
-        if not 0.0 < lr_decay <= 1.0:
-            raise UsageError(f"learner.lr_decay must lie in (0, 1]; got {lr_decay}.")
-        if weight_decay < 0:
-            raise UsageError(f"learner.weight_decay must be ≥ 0; got {weight_decay}.")
+    class Options(LearnerOptions):
+        optimizer: Literal["adam", "adamw", "sgd"] = option(
+            "adam", "one optimizer over every block and projection")
+        lr: float = option(2e-3, "learning rate", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay on W_l, b_l, M_l",
+                                     ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+        schedule: Literal["simultaneous", "greedy"] = option(
+            "simultaneous", "every block on every batch, or block by block (greedy_epochs each)")
+        readout: Literal["last", "sum"] = option("last", "scores of the last block, or summed over blocks")
+        greedy_epochs: int = option(10, "epochs per block under schedule=greedy", ge=1)
+        lr_decay: float = option(1.0, "lr × lr_decay after every epoch (per stage under greedy); 1: constant",
+                                 gt=0, le=1)
+
+    lr_schedule_keys = "learner.lr_decay"
+
+    @classmethod
+    def schedules_lr(cls, options: LearnerOptions) -> bool:
+        return options.lr_decay != 1.0  # type: ignore[attr-defined]
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
         task.require_classification("mono_forward")
-        if len(circuit.blocks) == 0:
-            raise UsageError("mono_forward needs a circuit with at least one block.")
-        self.schedule = schedule
-        self.readout = readout
-        self.greedy_epochs = greedy_epochs
-        self.lr = lr
-        self.lr_decay = lr_decay
+        self.schedule = o.schedule
+        self.readout = o.readout
+        self.greedy_epochs = o.greedy_epochs
+        self.lr = o.lr
+        self.lr_decay = o.lr_decay
         self.epochs_seen = 0  # calls of on_epoch_end (host side, checkpointed as extra state)
 
         device = next(circuit.parameters()).device
@@ -130,7 +134,7 @@ class MonoForward(Learner):
         ]
         params = [p for group in self.block_params for p in group]
         self.optimizer = self.add_optimizer(
-            "local", make_optimizer(params, optimizer, lr, weight_decay, momentum, device=device)
+            "local", make_optimizer(params, o.optimizer, o.lr, o.weight_decay, o.momentum, device=device)
         )
 
     # -- training -------------------------------------------------------------------------------

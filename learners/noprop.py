@@ -72,19 +72,19 @@ and one shared time-conditioned block for ``ct``/``fm``; configs/learner/noprop.
 whose label input (``circuit.label_features``) or output width does not fit the embedding, is a
 `UsageError` that names the option to set.
 
-Options (every one a config key): variant (dt|ct|fm), embedding (onehot|learned|prototype),
-embedding_dim (learned only; null = C), eta, optimizer (adam|adamw|sgd; one optimizer over every
-parameter — each block still gets only its own gradient), lr, weight_decay, momentum (sgd),
-ode_steps (ct, fm), cosine_offset (dt), logsnr_min / logsnr_max (ct: initial λ(0), λ(1)).
+Options (declared in `NoProp.Options`; each a config key): variant (dt|ct|fm), embedding
+(onehot|learned|prototype), embedding_dim (learned only; null = C), eta, optimizer (adam|adamw|sgd;
+one optimizer over every parameter — each block still gets only its own gradient), lr, weight_decay,
+momentum (sgd), ode_steps (ct, fm), cosine_offset (dt), logsnr_min / logsnr_max (ct: initial λ(0),
+λ(1)).
 
 Metrics of `train_step`: loss (the paper's L on the batch: CE + KL + mean_t of the DT block terms;
 the CT/FM loss above), denoise (the denoising / flow term), ce, kl (dt, ct), accuracy (dt: block 1,
 whose input z_0 carries no label, i.e. a real classification of x; ct: the block's argmax at the
 sampled t; fm: p̂(y | z̃_1)), and loss_b1 … loss_bT (dt: each block's weighted term).
 
-Defaults (configs/learner/noprop.yaml; the paper's AdamW lr 1e-3, wd 1e-3, batch 128), digits,
-60 epochs, one CPU thread: dt test accuracy 0.964–0.978 over seeds 0–2 in ~20 s of training; ct
-0.94, fm 0.97 in ~4 s.
+Defaults (configs/learner/noprop.yaml): the paper's AdamW lr 1e-3, wd 1e-3, batch 128; digits,
+60 epochs. Measured accuracies and timings are in ``benchmarks/results/``.
 
 Deviations from the paper and choices it leaves open:
 
@@ -98,8 +98,8 @@ Deviations from the paper and choices it leaves open:
   orthonormal rows.
 * The output classifier starts at zero weights (uniform prediction). With PyTorch's default init
   its random weights outweigh what AdamW at lr 1e-3 adds in the first few hundred steps, and its
-  readout stayed near chance while the nearest-embedding readout was already at 0.67 (measured on
-  Fashion-MNIST); from zero it tracks the nearest-embedding readout from the first epoch.
+  readout stayed near chance while the nearest-embedding readout was already well above it; from
+  zero it tracks the nearest-embedding readout from the first epoch.
 * CT: the monotone schedule net's form (slope + 8 sigmoids) and its initial range λ ∈ [−4, 4] are
   ours; the ODE above is solved with plain Euler.
 * FM: the CE term on z̃_1 trains the classifier always; its gradient reaches the block and U only
@@ -111,21 +111,19 @@ Deviations from the paper and choices it leaves open:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError, check_choice
+from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-VARIANTS = ("dt", "ct", "fm")
-EMBEDDINGS = ("onehot", "learned", "prototype")
-
 
 # -- functional math ------------------------------------------------------------------------------
 
@@ -231,30 +229,39 @@ class NoProp(Learner):
     circuits = ("noprop_blocks",)
     circuit_head = True
 
-    def __init__(self, circuit: Circuit, task: Task, variant: str = "dt", embedding: str = "onehot",
-                 embedding_dim: int | None = None, eta: float = 0.1, optimizer: str = "adamw",
-                 lr: float = 1e-3, weight_decay: float = 1e-3, momentum: float = 0.9, ode_steps: int = 10,
-                 cosine_offset: float = 0.008, logsnr_min: float = -4.0, logsnr_max: float = 4.0):
-        super().__init__(circuit, task)
-        self.variant = check_choice("learner.variant", variant, VARIANTS)
-        self.embedding = check_choice("learner.embedding", embedding, EMBEDDINGS)
+    class Options(LearnerOptions):
+        variant: Literal["dt", "ct", "fm"] = option(
+            "dt", "dt (T blocks, cosine schedule) | ct (continuous time, learned schedule) | "
+                  "fm (flow matching)")
+        embedding: Literal["onehot", "learned", "prototype"] = option(
+            "onehot", "label embedding: one-hot, learned, or the class-mean image (prototype)")
+        embedding_dim: int | None = option(None, "width of a learned embedding (learned only); null: C", ge=1)
+        eta: float = option(0.1, "η of the denoising terms", gt=0)
+        optimizer: Literal["adam", "adamw", "sgd"] = option(
+            "adamw", "one optimizer; every block still gets only its own gradient")
+        lr: float = option(1e-3, "learning rate", gt=0)
+        weight_decay: float = option(1e-3, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+        ode_steps: int = option(10, "Euler steps of the ct / fm inference ODE", ge=1)
+        cosine_offset: float = option(0.008, "s of the dt cosine schedule", gt=0)
+        logsnr_min: float = option(-4.0, "ct: initial log-SNR at t = 0 (learned)")
+        logsnr_max: float = option(4.0, "ct: initial log-SNR at t = 1 (learned)")
+
+        @model_validator(mode="after")
+        def _ordered_logsnr(self) -> NoProp.Options:
+            if not self.logsnr_min < self.logsnr_max:
+                raise ValueError(f"learner.logsnr_min must be below learner.logsnr_max; got "
+                                 f"{self.logsnr_min} and {self.logsnr_max}.")
+            return self
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        self.variant = o.variant
+        self.embedding = o.embedding
         task.require_classification("noprop")
-        if eta <= 0:
-            raise UsageError(f"learner.eta must be positive; got {eta}.")
-        if weight_decay < 0:
-            raise UsageError(f"learner.weight_decay must be ≥ 0; got {weight_decay}.")
-        if isinstance(ode_steps, bool) or not isinstance(ode_steps, int) or ode_steps < 1:
-            raise UsageError(f"learner.ode_steps must be a positive integer; got {ode_steps!r}.")
-        if not cosine_offset > 0:
-            raise UsageError(f"learner.cosine_offset must be positive; got {cosine_offset}.")
-        if not logsnr_min < logsnr_max:
-            raise UsageError(f"learner.logsnr_min must be below learner.logsnr_max; got {logsnr_min} "
-                             f"and {logsnr_max}.")
         classes = task.num_classes
-        if embedding_dim is not None and (isinstance(embedding_dim, bool)
-                                          or not isinstance(embedding_dim, int) or embedding_dim < 1):
-            raise UsageError(f"learner.embedding_dim must be null or a positive integer; "
-                             f"got {embedding_dim!r}.")
+        embedding_dim = o.embedding_dim
         if self.embedding == "onehot":
             dim = classes
         elif self.embedding == "learned":
@@ -266,8 +273,8 @@ class NoProp(Learner):
                              f"{self.embedding} has {dim} dimensions); set it to null.")
         self._check_circuit(circuit, dim)
         self.dim = dim
-        self.eta = float(eta)
-        self.ode_steps = ode_steps
+        self.eta = o.eta
+        self.ode_steps = o.ode_steps
         device = next(circuit.parameters()).device
 
         if self.embedding == "learned":
@@ -289,39 +296,41 @@ class NoProp(Learner):
 
         if self.variant == "dt":
             self.blocks_count = len(circuit.blocks)
-            alpha_bar = cosine_alpha_bar(self.blocks_count, cosine_offset)
+            alpha_bar = cosine_alpha_bar(self.blocks_count, o.cosine_offset)
             a, b, c = posterior_coefficients(alpha_bar)
-            for name, value in (("alpha_bar", alpha_bar), ("block_weights", snr_weights(alpha_bar, eta)),
+            for name, value in (("alpha_bar", alpha_bar), ("block_weights", snr_weights(alpha_bar, o.eta)),
                                 ("coef_a", a), ("coef_b", b), ("coef_c", c)):
                 self.register_buffer(name, value.float().to(device))
         else:
             self.blocks_count = 1
         if self.variant == "ct":
-            self.schedule = LearnedSchedule(logsnr_min, logsnr_max).to(device)
+            self.schedule = LearnedSchedule(o.logsnr_min, o.logsnr_max).to(device)
         self.optimizer = self.add_optimizer(
-            "noprop", make_optimizer([p for p in self.parameters() if p.requires_grad], optimizer, lr,
-                                     weight_decay, momentum, device=device))
+            "noprop", make_optimizer([p for p in self.parameters() if p.requires_grad], o.optimizer, o.lr,
+                                     o.weight_decay, o.momentum, device=device))
 
     def _check_circuit(self, circuit: Circuit, dim: int) -> None:
-        layout = getattr(circuit, "variant", None)
-        if layout is None:
-            raise UsageError("noprop trains the `noprop_blocks` circuit (circuit=noprop_blocks).")
-        if layout != self.variant:
-            need = ("T independent blocks" if self.variant == "dt"
-                    else "one shared time-conditioned block")
-            raise UsageError(f"learner.variant={self.variant} needs {need}, but the circuit was built for "
-                             f"variant {layout}: set circuit.variant={self.variant} (the noprop learner "
-                             f"config sets it from learner.variant).")
-        if circuit.label_features != dim:
-            raise UsageError(f"learner.embedding={self.embedding} embeds labels in {dim} dimensions but the "
-                             f"circuit's label branch takes {circuit.label_features}: set "
-                             f"circuit.label_features={dim}.")
+        """Refuse a `noprop_blocks` circuit whose layout, label input or output width does not fit
+        this variant and embedding, naming every circuit option to set."""
+        layout = circuit.variant
         outputs = dim if self.variant == "fm" else self.task.num_classes
-        what = "the velocity (the embedding width)" if self.variant == "fm" else "the C class logits"
+        problems = []
+        if layout != self.variant:
+            need = "T independent blocks" if self.variant == "dt" else "one shared time-conditioned block"
+            problems.append(f"learner.variant={self.variant} needs {need}, but the circuit was built for "
+                            f"variant {layout}: set circuit.variant={self.variant} (the noprop learner "
+                            f"config sets it from learner.variant).")
+        if circuit.label_features != dim:
+            problems.append(f"learner.embedding={self.embedding} embeds labels in {dim} dimensions but the "
+                            f"circuit's label branch takes {circuit.label_features}: set "
+                            f"circuit.label_features={dim}.")
         if circuit.outputs != outputs:
-            raise UsageError(f"learner.variant={self.variant} reads {what} from the blocks' {outputs} "
-                             f"outputs, but the circuit has {circuit.outputs}: set circuit.outputs="
-                             f"{outputs if self.variant == 'fm' else 'null'}.")
+            what = "the velocity (the embedding width)" if self.variant == "fm" else "the C class logits"
+            problems.append(f"learner.variant={self.variant} reads {what} from the blocks' {outputs} "
+                            f"outputs, but the circuit has {circuit.outputs}: set circuit.outputs="
+                            f"{outputs if self.variant == 'fm' else 'null'}.")
+        if problems:
+            raise UsageError(" ".join(problems))
 
     # -- embeddings -----------------------------------------------------------------------------
     @torch.no_grad()

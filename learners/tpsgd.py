@@ -45,7 +45,7 @@ no truncation over time); it never crosses layers, because the next layer sees s
 this means the replaced gradient at the targeted step(s) flows back through U_l within the layer —
 a recurrent extension of the feed-forward rule that is ours, documented here.
 
-Options (every one a ``learner.*`` config key):
+Options (declared in the class's `Options`; each a ``learner.*`` config key):
     variant          tpsgd | drtp
     local_loss       mse | l1 | ce — J of the hidden blocks (tpsgd only; drtp has no local loss)
     optimizer        adam | adamw | sgd (one optimizer over all blocks)
@@ -59,16 +59,10 @@ run's seed, on the CPU (so CPU and CUDA runs draw the same matrices) with entrie
 default — targets inside tanh's range; the `ce` local loss above; the recurrent extension above;
 Adam by default (tpSGD, as its name says, updates with plain SGD; ``optimizer=sgd`` gives that).
 With unbounded activations (ReLU, ELU) DRTP's constant output gradient can grow activities without
-limit (measured: MLP 64-256×5-10 with ELU on digits diverged in epoch 5); the learner config uses
-tanh.
+limit (deep ELU MLPs diverge); the learner config uses tanh.
 
 Defaults (configs/learner/tpsgd.yaml): MLP 64-256-256-10 with tanh on digits, Adam lr 1e-3,
-batch 64, 30 epochs. Measured (CPU, one thread, test accuracy): ``bioplaus run learner=tpsgd``
-0.953 (0.8 s of training); ``learner.variant=drtp`` 0.961 (1.0 s); ``local_loss=ce`` 0.969,
-``local_loss=l1`` 0.961; ``circuit=rnn`` (2×256 Elman layers, rows as time steps) tpsgd 0.981,
-drtp 0.961; ``circuit=cnn`` (conv 32-64, dense 256-256) tpsgd 0.975, drtp 0.958. Fashion-MNIST
-presets (784-256×5-10, batch 256): `fmnist_tpsgd_mlp` about 3.5 s per epoch, validation 0.817,
-0.830, 0.834 after epochs 1–3; `fmnist_drtp_mlp` about 3.1 s per epoch, 0.776, 0.826, 0.833.
+batch 64, 30 epochs. Measured accuracies and timings are in ``benchmarks/results/``.
 
 Metrics of `train_step` (0-d tensors): ``loss`` = CE of the head + Σ_l J_l (tpsgd) or CE of the
 head alone (drtp; its surrogates are not losses), ``ce`` (the head's CE), ``accuracy`` (the
@@ -79,22 +73,17 @@ block (drtp: mean cos(a_l, −B_lᵀ y*) of the batch before the step, see `sign
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
-from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy, one_hot
 from bioplaus.optim import make_optimizer
+from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
-
-VARIANTS = ("tpsgd", "drtp")
-LOCAL_LOSSES = ("mse", "l1", "ce")
-PROJECTIONS = ("uniform", "normal")
-SEQUENCE_TARGETS = ("last", "all")
 
 
 def projected_target(y_onehot: Tensor, projection: Tensor) -> Tensor:
@@ -148,29 +137,27 @@ class TargetProjection(Learner):
     circuits = ("mlp", "cnn", "rnn", "g2g")
     circuit_head = True
 
-    def __init__(self, circuit: Circuit, task: Task, variant: str = "tpsgd", local_loss: str = "mse",
-                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
-                 momentum: float = 0.9, projection: str = "uniform", projection_scale: float = 1.0,
-                 sequence_target: str = "last"):
-        super().__init__(circuit, task)
-        if variant not in VARIANTS:
-            raise UsageError(f"learner.variant must be one of {', '.join(VARIANTS)}; got '{variant}'.")
-        if local_loss not in LOCAL_LOSSES:
-            raise UsageError(f"learner.local_loss must be one of {', '.join(LOCAL_LOSSES)}; "
-                             f"got '{local_loss}'.")
-        if projection not in PROJECTIONS:
-            raise UsageError(f"learner.projection must be one of {', '.join(PROJECTIONS)}; "
-                             f"got '{projection}'.")
-        if sequence_target not in SEQUENCE_TARGETS:
-            raise UsageError(f"learner.sequence_target must be one of {', '.join(SEQUENCE_TARGETS)}; "
-                             f"got '{sequence_target}'.")
-        if not projection_scale > 0:
-            raise UsageError(f"learner.projection_scale must be positive; got {projection_scale}.")
-        if weight_decay < 0:
-            raise UsageError(f"learner.weight_decay must be ≥ 0; got {weight_decay}.")
+    class Options(LearnerOptions):
+        variant: Literal["tpsgd", "drtp"] = option(
+            "tpsgd", "tpsgd (local target t = P y*) | drtp (output gradient replaced by Bᵀ y*)")
+        local_loss: Literal["mse", "l1", "ce"] = option(
+            "mse", "mse | l1 | ce (CE of similarities to the class target codes); tpsgd only")
+        optimizer: Literal["adam", "adamw", "sgd"] = option("adam", "optimizer of every circuit parameter")
+        lr: float = option(1e-3, "learning rate", gt=0)
+        weight_decay: float = option(0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", ge=0)
+        momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0)
+        projection: Literal["uniform", "normal"] = option(
+            "uniform", "entries of the fixed projections: U(−1, 1) or N(0, 1)")
+        projection_scale: float = option(1.0, "scale of the fixed projections", gt=0)
+        sequence_target: Literal["last", "all"] = option(
+            "last", "rnn only: target on the last hidden state, or on every step")
+
+    def __init__(self, circuit: Circuit, task: Task, **options: Any):
+        super().__init__(circuit, task, **options)
+        o = self.options
+        variant, local_loss, sequence_target = o.variant, o.local_loss, o.sequence_target
+        projection, projection_scale = o.projection, o.projection_scale
         task.require_classification("tpsgd")
-        if not getattr(circuit, "has_head", True) or circuit.block_widths[-1] != task.num_classes:
-            raise UsageError("tpsgd needs a circuit whose last block is the head to the C classes.")
         self.variant = variant
         self.local_loss_kind = local_loss
         self.sequence_target = sequence_target
@@ -182,7 +169,7 @@ class TargetProjection(Learner):
             cpu = torch.empty(shape).uniform_(-1.0, 1.0) if projection == "uniform" else torch.randn(shape)
             self.register_buffer(f"projection_{l}", (projection_scale * cpu).to(device))
         self.optimizer = self.add_optimizer("local", make_optimizer(
-            circuit.parameters(), optimizer, lr, weight_decay, momentum, device=device))
+            circuit.parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum, device=device))
 
     @property
     def projections(self) -> list[Tensor]:

@@ -72,7 +72,7 @@ def fit(learner: Any, data: Any, epochs: int, batch_size: int = 64) -> dict[str,
     from bioplaus.data import train_batches
 
     generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
+    for epoch in range(1, epochs + 1):  # 1-based, as the engine counts (see `Learner.on_epoch_end`)
         for x, y in train_batches(data.train_x, data.train_y, batch_size, generator):
             learner.train_step(x, y)
         learner.on_epoch_end(epoch)
@@ -82,14 +82,13 @@ def fit(learner: Any, data: Any, epochs: int, batch_size: int = 64) -> dict[str,
 
 def default_learner_options(name: str, cls: type) -> tuple[Any, dict[str, Any]]:
     """The composed default config of learner ``name`` and its ``learner.*`` options, asserted to
-    be exactly ``cls``'s keyword arguments (besides circuit and task)."""
+    be exactly ``cls``'s declared options and defaults."""
     from omegaconf import OmegaConf
 
-    from bioplaus.config import compose, constructor_keys
+    from bioplaus.config import compose
 
     cfg = compose([f"learner={name}"], check=False)
     options = OmegaConf.to_container(cfg.learner)
     options.pop("name")
-    names, _ = constructor_keys(cls)
-    assert set(options) == set(names) - {"circuit", "task"}
+    assert options == cls.Options.defaults()
     return cfg, options

@@ -39,7 +39,7 @@ def test_mlp_options() -> None:
         MLP(IMAGES, activation="swishy")
     with pytest.raises(UsageError, match="init"):
         MLP(IMAGES, init="orthogonalish")
-    with pytest.raises(UsageError, match="positive"):
+    with pytest.raises(UsageError, match=r"circuit\.hidden must be a list of integers, each > 0"):
         MLP(IMAGES, hidden=[0])
 
 

@@ -58,9 +58,9 @@ def test_recurrence_by_hand() -> None:
 def test_options() -> None:
     net = RNN(IMAGES, hidden=[8], activation="relu", bias=False, init="xavier_uniform")
     assert net.blocks[0].input.bias is None and net.blocks[-1].linear.bias is None
-    with pytest.raises(UsageError, match="recurrent layer"):
+    with pytest.raises(UsageError, match="at least 1 entries"):
         RNN(IMAGES, hidden=[])
-    with pytest.raises(UsageError, match="positive"):
+    with pytest.raises(UsageError, match="each > 0"):
         RNN(IMAGES, hidden=[0])
     with pytest.raises(UsageError, match="activation"):
         RNN(IMAGES, activation="swishy")

@@ -42,7 +42,7 @@ def test_split_into_modules():
 def two_class_net(aux="dgl", **kw) -> LocalAux:
     """x ∈ R², one hidden ReLU block of 2 units (identity weights), head of 2 classes."""
     task = Task((2,), 2)
-    circuit = MLP(task, (2,))
+    circuit = MLP(task, hidden=(2,))
     learner = LocalAux(circuit, task, aux=aux, **kw)
     set_linear(circuit.blocks[0].linear, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
     set_linear(learner.classifiers[0].mlp[0], [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
@@ -72,7 +72,7 @@ def test_infopro_loss_by_hand():
 def three_module_net(aux="dgl") -> LocalAux:
     torch.manual_seed(0)
     task = Task((6,), 3)
-    return LocalAux(MLP(task, (5, 4)), task, aux=aux)
+    return LocalAux(MLP(task, hidden=(5, 4)), task, aux=aux)
 
 
 def test_auglocal_depths_and_choice_by_hand():
@@ -88,7 +88,7 @@ def test_auglocal_depths_and_choice_by_hand():
 def test_auglocal_copies_later_blocks_afresh():
     torch.manual_seed(0)
     task = Task((6,), 3)
-    circuit = MLP(task, (5, 7, 7, 4))
+    circuit = MLP(task, hidden=(5, 7, 7, 4))
     learner = LocalAux(circuit, task, aux="auglocal", aux_depth=2, depth_decay=0.5)
     # hidden modules 1..4 have 3, 2, 1, 0 hidden blocks after them; depths round(2·(1 − 0.5·k/3))
     assert learner.aux_blocks == [[2, 3], [2, 3], [3], []]
@@ -142,7 +142,7 @@ def test_one_module_is_backprop():
     weights = []
     for make in (lambda c: Backprop(c, task, lr=1e-2), lambda c: LocalAux(c, task, modules=1, lr=1e-2)):
         torch.manual_seed(0)
-        learner = make(MLP(task, (5, 4)))
+        learner = make(MLP(task, hidden=(5, 4)))
         for _ in range(3):
             learner.train_step(x, y)
         weights.append([p.detach().clone() for p in learner.circuit.parameters()])
@@ -169,7 +169,7 @@ def test_local_modules_hold_less_activation_memory_than_backprop():
     for name, make in {"backprop": lambda c: Backprop(c, task),
                        "dgl": lambda c: LocalAux(c, task, aux="dgl")}.items():
         torch.manual_seed(0)
-        learner = make(MLP(task, (512, 512, 512, 512)))
+        learner = make(MLP(task, hidden=(512, 512, 512, 512)))
         peaks[name] = saved_activation_peak(lambda l=learner: l.train_step(x, y), learner.parameters())
     # backprop: the input and four 512-wide activations (each saved once as ReLU output and linear
     # input) and the logits; dgl: one module — its input, output and auxiliary logits
@@ -185,15 +185,15 @@ def test_bad_options():
                        ({"recon_weight": -1.0}, "recon_weight"), ({"aux_hidden": [0]}, "aux_hidden"),
                        ({"modules": 9}, r"learner\.modules")]:
         with pytest.raises(UsageError, match=needle):
-            LocalAux(MLP(task, (5, 4)), task, **kw)
+            LocalAux(MLP(task, hidden=(5, 4)), task, **kw)
     with pytest.raises(UsageError, match="head"):
-        LocalAux(MLP(task, (5, 4), head=False), task)
+        LocalAux(MLP(task, hidden=(5, 4), head=False), task)
 
 
 @pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93), ("auglocal", 0.95)])
 def test_learns_digits_mlp(digits, aux, floor):
     torch.manual_seed(0)
-    learner = LocalAux(MLP(digits.task, (256, 256)), digits.task, aux=aux)
+    learner = LocalAux(MLP(digits.task, hidden=(256, 256)), digits.task, aux=aux)
     assert fit(learner, digits, epochs=15)[""] >= floor
 
 
@@ -207,4 +207,4 @@ def test_learns_digits_cnn(digits):
 def test_config_keys_match_constructor():
     cfg, options = default_learner_options("local_aux", LocalAux)
     task = Task((1, 8, 8), 10)
-    LocalAux(MLP(task, cfg.circuit.hidden), task, **options)
+    LocalAux(MLP(task, hidden=cfg.circuit.hidden), task, **options)

@@ -18,7 +18,7 @@ from tests.helpers import capture_train_step, default_learner_options, fit
 def tiny(hidden=(5,), classes=3, features=4, **kw) -> MonoForward:
     torch.manual_seed(0)
     task = Task((features,), classes)
-    return MonoForward(MLP(task, hidden, head=False), task, **kw)
+    return MonoForward(MLP(task, hidden=hidden, head=False), task, **kw)
 
 
 def snapshot(params) -> list[torch.Tensor]:
@@ -181,14 +181,14 @@ def test_bad_options_are_usage_errors(kw):
 
 def test_learns_digits_mlp(digits):
     torch.manual_seed(0)
-    learner = MonoForward(MLP(digits.task, (128, 128), head=False), digits.task, lr=2e-3)
+    learner = MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3)
     acc = fit(learner, digits, epochs=8)
     assert acc["last"] >= 0.93 and acc["sum"] >= 0.93
 
 
 def test_learns_digits_greedy(digits):
     torch.manual_seed(0)
-    learner = MonoForward(MLP(digits.task, (128, 128), head=False), digits.task, lr=2e-3,
+    learner = MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3,
                           schedule="greedy", greedy_epochs=4)
     acc = fit(learner, digits, epochs=8)
     assert int(learner.stage) == 1
@@ -208,7 +208,7 @@ def test_config_keys_match_constructor():
     cfg, options = default_learner_options("mono_forward", MonoForward)
     assert cfg.circuit.name == "mlp" and cfg.data.name == "digits"
     task = Task((1, 8, 8), 10)
-    MonoForward(MLP(task, cfg.circuit.hidden, head=False), task, **options)
+    MonoForward(MLP(task, hidden=cfg.circuit.hidden, head=False), task, **options)
 
 
 @pytest.mark.gpu
@@ -216,7 +216,8 @@ def test_config_keys_match_constructor():
 def test_greedy_train_step_captures_as_cuda_graph():
     torch.manual_seed(0)
     task = Task((4,), 3)
-    learner = MonoForward(MLP(task, (6, 5), head=False).cuda(), task, schedule="greedy", greedy_epochs=1)
+    learner = MonoForward(MLP(task, hidden=(6, 5), head=False).cuda(), task, schedule="greedy",
+                          greedy_epochs=1)
     first, second = learner.block_params
     x, y = torch.randn(16, 4, device="cuda"), torch.randint(0, 3, (16,), device="cuda")
     graph, _ = capture_train_step(learner, x, y)

@@ -243,16 +243,16 @@ def test_layout_and_widths_must_fit_the_variant():
 def test_config_sets_the_circuit_layout_from_the_variant():
     from omegaconf import OmegaConf
 
-    from bioplaus.config import compose, constructor_keys
+    from bioplaus.config import compose
     from bioplaus.engine import build
 
     cfg = compose(["learner=noprop", "learner.variant=fm"])
     assert cfg.circuit.name == "noprop_blocks" and cfg.data.name == "digits"
     assert cfg.circuit.variant == "fm"
     keys = {k for k in cfg.learner if k != "name"}
-    assert keys == set(constructor_keys(NoProp)[0]) - {"circuit", "task"}
+    assert keys == set(NoProp.Options.fields())
     circuit_keys = set(OmegaConf.to_container(cfg.circuit)) - {"name"}
-    assert circuit_keys == set(constructor_keys(NoPropBlocks)[0]) - {"task", "head"}
+    assert circuit_keys == set(NoPropBlocks.Options.fields())
     bad = compose(["learner=noprop", "learner.variant=ct", "circuit.variant=dt"])
     with pytest.raises(UsageError, match=r"circuit\.variant=ct"):
         build(bad)

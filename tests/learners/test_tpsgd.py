@@ -26,7 +26,7 @@ TASK = Task((3,), 4)
 
 def tiny(hidden=(5,), task=TASK, **kw) -> TargetProjection:
     torch.manual_seed(0)
-    return TargetProjection(MLP(task, hidden, activation="tanh"), task, **kw)
+    return TargetProjection(MLP(task, hidden=hidden, activation="tanh"), task, **kw)
 
 
 def test_registered():
@@ -50,7 +50,7 @@ def test_target_is_the_projected_label():
     assert not any(p is learner.projection_1 for p in learner.parameters())
     torch.testing.assert_close(tiny(hidden=(5, 6)).projection_2, learner.projection_2)
     torch.manual_seed(1)
-    other = TargetProjection(MLP(TASK, (5, 6), activation="tanh"), TASK)
+    other = TargetProjection(MLP(TASK, hidden=(5, 6), activation="tanh"), TASK)
     assert not torch.equal(other.projection_1, learner.projection_1)
 
 
@@ -144,7 +144,7 @@ def test_no_gradient_crosses_blocks(variant):
     torch.manual_seed(0)
     images = Task((1, 8, 8), 3)
     x, y = torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    for circuit in (MLP(images, (6, 5), activation="tanh"),
+    for circuit in (MLP(images, hidden=(6, 5), activation="tanh"),
                     CNN(images, channels=(3, 4), hidden=(5,), activation="tanh"),
                     RNN(images, hidden=(6, 5))):
         isolated(TargetProjection(circuit, images, variant=variant), x, y)
@@ -190,7 +190,7 @@ def test_bad_options_are_usage_errors(kw):
 
 def test_needs_a_head():
     with pytest.raises(UsageError, match="head"):
-        TargetProjection(MLP(TASK, (5,), head=False), TASK)
+        TargetProjection(MLP(TASK, hidden=(5,), head=False), TASK)
 
 
 def test_config_keys_match_constructor():
