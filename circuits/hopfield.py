@@ -29,7 +29,7 @@ Two storages of the same couplings (``couplings``):
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -81,6 +81,7 @@ class Hopfield(Circuit):
     """
 
     name = "hopfield"
+    input_ranks: ClassVar[dict[int, str] | None] = {1: "vectors of N spins (data=patterns)"}
 
     class Options(CircuitOptions):
         beta: float | None = option(None, "inverse temperature β of the Glauber dynamics; null: ∞, "
@@ -93,9 +94,6 @@ class Hopfield(Circuit):
 
     def __init__(self, task: Task, head: bool = False, **options: Any) -> None:
         super().__init__(task, head=head, **options)
-        if len(task.input_shape) != 1:
-            raise UsageError(f"circuit 'hopfield' takes vectors of N spins; the data have examples "
-                             f"of shape {task.input_shape}. Use data=patterns.")
         self.n = task.input_shape[0]
         self.beta = self.options.beta
         self.sweeps = self.options.sweeps
@@ -125,7 +123,7 @@ class Hopfield(Circuit):
         needs ``rows`` (B,), the row of each vector (rows of zeros add nothing)."""
         if self.factored:
             if rows is None:
-                raise UsageError("couplings=factored stores each vector in a row of its own; this "
+                raise ValueError("couplings=factored stores each vector in a row of its own; this "
                                  "storage protocol adds unindexed outer products: use couplings=dense.")
             self.vectors.index_add_(0, rows, vectors)
         else:
@@ -153,7 +151,7 @@ class Hopfield(Circuit):
         No host synchronisation; random orders and heat-bath numbers come from ``generator``.
         """
         if mask is not None and not self.factored:
-            raise UsageError("a per-replica row mask needs circuit.couplings=factored.")
+            raise ValueError("a per-replica row mask needs circuit.couplings=factored.")
         dtype = self.vectors.dtype if self.factored else self.J.dtype
         b, n = sigma.shape
         device = sigma.device

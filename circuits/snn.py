@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveInt
+from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
 
 from bioplaus.circuits.rnn import as_sequence, sequence_shape
@@ -308,12 +308,16 @@ class SNN(Circuit):
         batchnorm: bool = option(True, "BatchNorm over channels after each hidden synapse")
         dropout: float = option(0.0, "dropout probability on hidden spikes", ge=0, lt=1)
 
+        @model_validator(mode="after")
+        def _odd_max_delay(self) -> SNN.Options:
+            if self.delays and self.max_delay % 2 == 0:
+                raise ValueError(f"circuit.max_delay must be odd with circuit.delays=true (delays span "
+                                 f"0..T_d−1 around a centred tap); got {self.max_delay}.")
+            return self
+
     def __init__(self, task: Task, head: bool = True, **options: Any):
         super().__init__(task, head=head, **options)
         o = self.options
-        if o.delays and o.max_delay % 2 == 0:
-            raise UsageError(f"circuit.max_delay must be odd with circuit.delays=true "
-                             f"(delays span 0..T_d−1 around a centred tap); got {o.max_delay}.")
         self.steps, features = sequence_shape(tuple(task.input_shape))
         for width in o.hidden:
             self.blocks.append(SpikingBlock(self._synapse(features, width), width, o.tau, o.alpha,
@@ -378,7 +382,7 @@ class SNN(Circuit):
     def membranes(self, x: Tensor, quantised: bool = False) -> Tensor:
         """Output membranes (T', batch, C) for input (batch, T, channels)."""
         if not self.has_head:
-            raise UsageError("circuit 'snn' was built without its output layer (head=False).")
+            raise ValueError("circuit 'snn' was built without its output layer (head=False).")
         return self.layer_outputs(x, quantised)[-1]
 
     def forward(self, x: Tensor, quantised: bool = False) -> Tensor:
@@ -401,7 +405,7 @@ class SNN(Circuit):
         (T', batch, C), detached.
         """
         if not self.has_head:
-            raise UsageError("circuit 'snn' was built without its output layer (head=False).")
+            raise ValueError("circuit 'snn' was built without its output layer (head=False).")
         xs = as_sequence(x).transpose(0, 1)
         batch, total = xs.shape[1], self.output_steps()
         kernels, leaves, buffers, lengths, n = [], [], [], [], self.steps

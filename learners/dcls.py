@@ -123,6 +123,12 @@ class Dcls(Learner):
         self._apply_sigma(0)
 
     # -- schedules (host side, per epoch) -----------------------------------------------------------
+    lr_schedule_keys = "learner.max_lr, learner.lr_positions: one-cycle and cosine"
+
+    @classmethod
+    def schedules_lr(cls, options: LearnerOptions) -> bool:
+        return True  # one-cycle for the weights, cosine for the positions, both set in on_epoch_end
+
     def _apply_sigma(self, epoch: int) -> None:
         sigma = sigma_at(epoch, self.options.epochs, self.max_delay, self.options.sigma_fraction)
         for syn in self.snn.delay_synapses():

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import model_validator
 from torch import Tensor
 
 from bioplaus.core import Circuit, Learner, Task
@@ -104,21 +105,21 @@ class HopfieldLearner(Learner):
                                       "couplings=factored); 0: all stored patterns form one network", ge=0)
         figure: bool = option(True, "draw the run's figure (PNG) into the run folder at the end")
 
+        @model_validator(mode="after")
+        def _stored_cues_need_hebb(self) -> HopfieldLearner.Options:
+            if self.eval_cues == "stored" and self.protocol != "hebb":
+                raise ValueError("learner.eval_cues=stored starts stored patterns from themselves: it "
+                                 "needs learner.protocol=hebb.")
+            return self
+
     def __init__(self, circuit: Circuit, task: Task, **options: Any) -> None:
         super().__init__(circuit, task, **options)
         o = self.options
-        if not isinstance(circuit, _circuit_class()):
-            raise UsageError("learner 'hopfield' needs circuit=hopfield.")
         self.k = task.num_classes
         n = task.input_shape[0]
-        if o.protocol == "unsupervised" and circuit.factored:
-            raise UsageError("protocol=unsupervised stores every example: use circuit.couplings=dense.")
-        if o.eval_cues == "stored" and o.protocol != "hebb":
-            raise UsageError("learner.eval_cues=stored starts stored patterns from themselves: it needs "
-                             "learner.protocol=hebb.")
-        if o.network_size and (not circuit.factored or self.k % o.network_size):
-            raise UsageError(f"learner.network_size={o.network_size} needs circuit.couplings=factored and "
-                             f"a number of stored patterns ({self.k}) that it divides.")
+        refused = _refused_with(o, circuit.factored, self.k)
+        if refused:
+            raise UsageError(refused)
         self.register_buffer("sums", torch.zeros(self.k, n))
         self.register_buffer("counts", torch.zeros(self.k))
         p = o.patterns_per_epoch
@@ -173,7 +174,7 @@ class HopfieldLearner(Learner):
         stored = (self.counts > 0).nonzero().flatten()
         if o.eval_cues == "stored":
             if stored.numel() == 0:
-                raise UsageError("eval_cues=stored: nothing is stored yet.")
+                raise ValueError("eval_cues=stored: nothing is stored yet.")
             pick = stored[torch.randint(0, stored.numel(), (o.eval_samples,), generator=gen,
                                         device=gen.device).to(stored.device)]
             x = y = self._stored_vectors()[pick]
@@ -289,7 +290,12 @@ class HopfieldLearner(Learner):
         return out
 
 
-def _circuit_class() -> type:
-    from bioplaus.circuits.hopfield import Hopfield
-
-    return Hopfield
+def _refused_with(o: Any, factored: bool, stored: int) -> str | None:
+    """Why these options cannot run on a circuit with (or without) factored couplings that stores
+    ``stored`` patterns, or None."""
+    if o.protocol == "unsupervised" and factored:
+        return "protocol=unsupervised stores every example: use circuit.couplings=dense."
+    if o.network_size and (not factored or stored % o.network_size):
+        return (f"learner.network_size={o.network_size} needs circuit.couplings=factored and a number "
+                f"of stored patterns ({stored}) that it divides.")
+    return None
