@@ -32,10 +32,10 @@ from bioplaus.tracking import machine_description
 HERE = Path(__file__).resolve().parent
 TASK = Task((1, 28, 28), 10)
 NETS = {
-    "mlp 784-1000-1000": lambda: MLP(TASK, (1000, 1000)),
-    "mlp 784-1000-1000-1000": lambda: MLP(TASK, (1000, 1000, 1000)),
-    "mlp 784-2000×4": lambda: MLP(TASK, (2000, 2000, 2000, 2000)),
-    "mlp 784-1000×8": lambda: MLP(TASK, (1000,) * 8),
+    "mlp 784-1000-1000": lambda: MLP(TASK, hidden=(1000, 1000)),
+    "mlp 784-1000-1000-1000": lambda: MLP(TASK, hidden=(1000, 1000, 1000)),
+    "mlp 784-2000×4": lambda: MLP(TASK, hidden=(2000, 2000, 2000, 2000)),
+    "mlp 784-1000×8": lambda: MLP(TASK, hidden=(1000,) * 8),
     "cnn conv 32-64-128 → 256": lambda: CNN(TASK, channels=(32, 64, 128), hidden=(256,)),
 }
 LEARNERS = {

@@ -30,7 +30,7 @@ from tests.helpers import REPO, fit
 def learner_on(hidden=(3,), features=2, classes=3, **kw) -> Hebbian:
     torch.manual_seed(0)
     task = Task((features,), classes)
-    return Hebbian(MLP(task, hidden, head=False), task, **kw)
+    return Hebbian(MLP(task, hidden=hidden, head=False), task, **kw)
 
 
 def set_weight(learner: Hebbian, weight: list) -> None:
@@ -158,15 +158,15 @@ def test_bad_options():
     with pytest.raises(UsageError, match=r"learner\.k"):
         Hebbian(CNN(task, channels=(4,), head=False), task)
     with pytest.raises(UsageError, match=r"learner\.k"):
-        Hebbian(MLP(task, (5,), head=False), task, k=7)
+        Hebbian(MLP(task, hidden=(5,), head=False), task, k=7)
     with pytest.raises(UsageError, match=r"learner\.rule"):
-        Hebbian(MLP(task, (10,), head=False), task, rule="bcm")
+        Hebbian(MLP(task, hidden=(10,), head=False), task, rule="bcm")
 
 
 def test_receptive_fields_picture(tmp_path):
     pytest.importorskip("matplotlib")
     task = Task((1, 8, 8), 10)
-    for learner in (Hebbian(MLP(task, (12,), head=False), task),
+    for learner in (Hebbian(MLP(task, hidden=(12,), head=False), task),
                     Hebbian(CNN(task, channels=(6,), head=False), task, rule="softhebb")):
         (path,) = learner.write_figures(tmp_path)
         assert path.name == "receptive_fields.png" and path.read_bytes()[:4] == b"\x89PNG"
@@ -188,7 +188,7 @@ def trained_and_untrained(digits, make, epochs=30) -> tuple[float, float]:
 
 def test_krotov_learns_digits_above_untrained(digits):
     trained, untrained = trained_and_untrained(
-        digits, lambda: Hebbian(MLP(digits.task, (100,), head=False), digits.task))
+        digits, lambda: Hebbian(MLP(digits.task, hidden=(100,), head=False), digits.task))
     assert trained >= 0.93 and trained > untrained + 0.02, (trained, untrained)
 
 
@@ -196,14 +196,14 @@ def test_krotov_learns_digits_above_untrained(digits):
 @pytest.mark.parametrize(("rule", "floor"), [("softhebb", 0.93), ("oja", 0.85)])
 def test_softhebb_and_oja_learn_digits_above_untrained(digits, rule, floor):
     trained, untrained = trained_and_untrained(
-        digits, lambda: Hebbian(MLP(digits.task, (100,), head=False), digits.task, rule=rule))
+        digits, lambda: Hebbian(MLP(digits.task, hidden=(100,), head=False), digits.task, rule=rule))
     assert trained >= floor and trained > untrained + 0.02, (trained, untrained)
 
 
 @pytest.mark.slow
 def test_krotov_paper_readout_learns_digits_above_untrained(digits):
     trained, untrained = trained_and_untrained(
-        digits, lambda: Hebbian(MLP(digits.task, (100,), head=False), digits.task, readout="krotov",
+        digits, lambda: Hebbian(MLP(digits.task, hidden=(100,), head=False), digits.task, readout="krotov",
                                 power=4.5, lr=0.01))
     assert trained >= 0.95 and trained > untrained + 0.05, (trained, untrained)
 

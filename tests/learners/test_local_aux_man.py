@@ -18,7 +18,7 @@ def man_net(**kw) -> LocalAux:
     """Blocks 6→5→4→3 (two hidden blocks and the head), one module per block."""
     torch.manual_seed(0)
     task = Task((6,), 3)
-    return LocalAux(MLP(task, (5, 4)), task, aux="man", **kw)
+    return LocalAux(MLP(task, hidden=(5, 4)), task, aux="man", **kw)
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:
@@ -92,7 +92,7 @@ def test_man_learns_digits_above_untrained_hidden_blocks(digits):
     accuracies = []
     for trained in (True, False):
         torch.manual_seed(0)
-        circuit = MLP(digits.task, (256, 256))
+        circuit = MLP(digits.task, hidden=(256, 256))
         if not trained:  # the same head on frozen random hidden blocks
             for block in list(circuit.blocks)[:-1]:
                 block.requires_grad_(False)
