@@ -9,6 +9,8 @@ Storage protocols (``protocol``), with stored vectors v and J = (1/N) Σ v vᵀ,
                   networks", Neural Networks 148 (2022) 232–253, arXiv 2109.00454)
 
 r is the examples' quality (``quality``); it and M only rescale J, which matters at finite β.
+The same protocols drive the P-body circuit ``dense_hebbian`` (stored vectors as above; unsupervised
+appends one row per example and sets the factor 1/(r^P M̄) on its energy).
 Storage is incremental: each `train_step` adds its batch — patterns whose index y lies in the
 epoch's window [(e−1)·p, e·p) for ``patterns_per_epoch`` = p, or every vector in epoch 1 when
 p = 0 — so an epoch can be one load step and each vector is stored exactly once.
@@ -85,7 +87,7 @@ class HopfieldLearner(Learner):
     """Hebbian storage (hebb | supervised | unsupervised) and retrieval metrics (module doc)."""
 
     name = "hopfield"
-    circuits = ("hopfield",)
+    circuits = ("hopfield", "dense_hebbian")
     task_kinds = ("memory",)
     monitor = ("overlap", "max")
     loss_metric = None
@@ -108,10 +110,11 @@ class HopfieldLearner(Learner):
         super().__init__(circuit, task, **options)
         o = self.options
         if not isinstance(circuit, _circuit_class()):
-            raise UsageError("learner 'hopfield' needs circuit=hopfield.")
+            raise UsageError("learner 'hopfield' needs circuit=hopfield or circuit=dense_hebbian.")
         self.k = task.num_classes
         n = task.input_shape[0]
-        if o.protocol == "unsupervised" and circuit.factored:
+        examples_ok = getattr(circuit, "stores_examples", False)
+        if o.protocol == "unsupervised" and circuit.factored and not examples_ok:
             raise UsageError("protocol=unsupervised stores every example: use circuit.couplings=dense.")
         if o.eval_cues == "stored" and o.protocol != "hebb":
             raise UsageError("learner.eval_cues=stored starts stored patterns from themselves: it needs "
@@ -141,7 +144,9 @@ class HopfieldLearner(Learner):
         elif o.protocol == "unsupervised":
             self.circuit.add_outer(v)
             per_class = self.counts.sum() / self.k
-            self.circuit.scale.copy_(1.0 / (o.quality ** 2 * per_class.clamp_min(1.0)))
+            # 1/(r^P M̄): P = 2 for pairwise couplings, the circuit's order for dense ones
+            power = getattr(self.circuit, "p", 2)
+            self.circuit.scale.copy_(1.0 / (o.quality ** power * per_class.clamp_min(1.0)))
         elif self.circuit.factored:
             self.circuit.add_outer(v, y)
         else:
@@ -289,7 +294,8 @@ class HopfieldLearner(Learner):
         return out
 
 
-def _circuit_class() -> type:
+def _circuit_class() -> tuple[type, ...]:
+    from bioplaus.circuits.dense_hebbian import DenseHebbian
     from bioplaus.circuits.hopfield import Hopfield
 
-    return Hopfield
+    return (Hopfield, DenseHebbian)

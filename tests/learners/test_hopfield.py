@@ -382,3 +382,23 @@ def test_a_sweep_without_a_metric_optimises_the_runs_monitored_metric(tmp_path: 
     # trainer.monitor and monitor_mode given to every run decide it too
     assert sweep.load(path, ["trainer.monitor=energy", "trainer.monitor_mode=min"])["metric"] == {
         "name": "best_val_energy", "goal": "minimize"}
+
+
+def test_dense_p4_learner_runs_store_beyond_pairwise_capacity(tmp_path: Path) -> None:
+    # K = 60 patterns on N = 40 neurons (load 1.5): hebb storage in the P = 4 network retrieves the
+    # cues; the pairwise network (P = 2, same circuit) cannot at this load
+    data = ["data.neurons=40", "data.patterns=60", "data.cues=1", "trainer.batch_size=60",
+            "circuit=dense_hebbian", "circuit.sweeps=5"]
+    dense = _run(tmp_path, *data, "circuit.p=4")
+    pair = _run(tmp_path, *data, "circuit.p=2")
+    assert dense["test_overlap"] > 0.95, dense
+    assert pair["test_overlap"] < 0.7, pair
+
+
+def test_dense_supervised_and_unsupervised_examples_retrieve_the_archetypes(tmp_path: Path) -> None:
+    data = ["data.kind=examples", "data.neurons=100", "data.patterns=4", "data.examples=20",
+            "data.quality=0.5", "data.cue_flip=0.2", "learner.quality=0.5", "trainer.batch_size=20",
+            "circuit=dense_hebbian", "circuit.sweeps=5", "circuit.rows=80"]
+    for protocol in ("supervised", "unsupervised"):
+        s = _run(tmp_path, *data, f"learner.protocol={protocol}")
+        assert s["test_overlap"] > 0.95 and s["test_archetype_accuracy"] == 1.0, (protocol, s)
