@@ -2,4 +2,4 @@
 
 from bioplaus.circuits import cnn, dense_hebbian, g2g, hopfield, mlp, modern_hopfield, noprop, rnn
 
-__all__ = ["cnn", "dense_hebbian", "g2g", "hopfield", "modern_hopfield", "mlp", "noprop", "rnn"]
+__all__ = ["cnn", "dense_hebbian", "g2g", "hopfield", "mlp", "modern_hopfield", "noprop", "rnn"]
