@@ -11,6 +11,7 @@ halves) until it brackets the 0.9 crossing, then bisects geometrically to a rati
 Writes ``benchmarks/results/dense_storage.json``, ``.md`` and ``.png``:
 
     python benchmarks/dense_storage.py [--orders 2 4] [--neurons 50 100 200] [--cues 64 16] [--sweeps 20 3]
+                                       [--out dense_storage]
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def render(markdown: Path, payload: dict[str, Any]) -> None:
         f"Commit {payload['commit']}. Command: `{payload['command']}`. K random ±1 patterns stored "
         f"(hebb), {payload['cues']} (per P) of them started from themselves, {payload['sweeps']} "
         f"zero-temperature sweeps (per P); K_max is the largest K with mean final overlap ≥ 0.9 "
-        f"(geometric bisection to a ratio {payload['precision']}). Figure: dense_storage.png.")
+        f"(geometric bisection to a ratio {payload['precision']}). Figure: {payload['figure']}.")
     lines += ["| P | N | K_max | K_max / N^(P−1) | evaluations | seconds | load average |",
               "|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, nargs="+", default=[20, 3],
                         help="sweeps per P (in the order of --orders)")
     parser.add_argument("--precision", type=float, default=1.05)
+    parser.add_argument("--out", default="dense_storage", help="results file stem in benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -166,8 +168,8 @@ def main() -> None:
                "command": "python benchmarks/dense_storage.py " + " ".join(sys.argv[1:]),
                **{key: dict(zip(map(str, args.orders), values, strict=True))
                   for key, values in per_p.items()},
-               "precision": args.precision, "rows": rows, "fits": fits}
-    out = RESULTS / "dense_storage.json"
+               "precision": args.precision, "figure": f"{args.out}.png", "rows": rows, "fits": fits}
+    out = RESULTS / f"{args.out}.json"
     save_results(out, payload, render)
     figure(out.with_suffix(".png"), payload)
     for p, fit in fits.items():
