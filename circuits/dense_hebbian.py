@@ -100,8 +100,9 @@ class DenseHebbian(Circuit):
     """P-body Hebbian network of N = ``task.input_shape[0]`` Ising neurons (see the module doc).
 
     Buffers: ``vectors`` (R, N), R = ``rows`` (default ``task.num_classes``; rows of zeros add
-    nothing to H); ``scale`` (the factor c); ``filled`` (rows appended by `add_outer` without row
-    indices). `forward(σ)` runs the dynamics from σ (B, N) and returns the final states.
+    nothing to H; appending examples grows it); ``scale`` (the factor c); ``filled`` (rows
+    appended by `add_outer` without row indices). `forward(σ)` runs the dynamics from σ (B, N)
+    and returns the final states.
     """
 
     name = "dense_hebbian"
@@ -117,7 +118,7 @@ class DenseHebbian(Circuit):
                                           "the zero-temperature sign rule", gt=0)
         sweeps: int = option(20, "asynchronous sweeps per retrieval (every spin once per sweep)", gt=0)
         rows: int = option(0, "stored vectors it holds (0: the task's number of patterns; "
-                              "protocol=unsupervised: at least the number of examples)", ge=0)
+                              "grows as examples are appended)", ge=0)
 
     def __init__(self, task: Task, head: bool = False, **options: Any) -> None:
         super().__init__(task, **options)
@@ -148,18 +149,26 @@ class DenseHebbian(Circuit):
 
     def add_outer(self, vectors: Tensor, rows: Tensor | None = None) -> None:
         """Add ``vectors`` (B, N) to the stored rows ``rows`` (B,), or, without ``rows``, append the
-        non-zero ones as new rows (one per example: protocol=unsupervised)."""
+        non-zero ones as new rows (one per example: protocol=unsupervised; the buffer grows)."""
         if rows is not None:
             self.vectors.index_add_(0, rows, vectors)
             return
         vectors = vectors[vectors.abs().sum(dim=1) > 0]
         start = int(self.filled)
-        if start + vectors.shape[0] > self.vectors.shape[0]:
-            raise UsageError(f"circuit.rows={self.vectors.shape[0]} cannot hold "
-                             f"{start + vectors.shape[0]} stored examples; set circuit.rows to at "
-                             f"least the number of stored examples (patterns × examples).")
-        self.vectors[start:start + vectors.shape[0]].copy_(vectors)
+        need = start + vectors.shape[0]
+        if need > self.vectors.shape[0]:                   # grow: one row per stored example
+            extra = self.vectors.new_zeros(need - self.vectors.shape[0], self.n)
+            self.vectors = torch.cat([self.vectors, extra])
+        self.vectors[start:need].copy_(vectors)
         self.filled.add_(vectors.shape[0])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # a checkpoint of a network that grew (appended examples) restores its number of rows
+        saved = state_dict.get(prefix + "vectors")
+        if saved is not None and saved.shape != self.vectors.shape:
+            self.vectors = self.vectors.new_zeros(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- dynamics ---------------------------------------------------------------------------------
     def energy(self, sigma: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -182,3 +182,17 @@ def test_hopfield_layer_is_softmax_attention() -> None:
     # and one step of the modern Hopfield update in the association space, projected by W_V
     one = update(k[0], q[0], 1 / math.sqrt(8)) @ layer.value.weight.t()
     assert torch.allclose(layer(r, y)[0], one, atol=1e-5)
+
+
+def test_appended_examples_grow_the_rows_and_survive_a_checkpoint() -> None:
+    gen = torch.Generator().manual_seed(4)
+    net = DenseHebbian(Task((12,), 2, "memory"), p=4)
+    eta = patterns.rademacher(5, 12, gen)
+    net.add_outer(torch.cat([eta[:3], torch.zeros(1, 12)]))       # the zero row is not stored
+    net.add_outer(eta[3:])
+    assert torch.equal(net.vectors, eta) and int(net.filled) == 5
+    again = DenseHebbian(Task((12,), 2, "memory"), p=4)
+    again.load_state_dict(net.state_dict())
+    assert torch.equal(again.vectors, eta)
+    sigma = patterns.rademacher(3, 12, gen)
+    assert torch.allclose(again.energy(sigma), energy(eta, sigma, 4))

@@ -398,7 +398,7 @@ def test_dense_p4_learner_runs_store_beyond_pairwise_capacity(tmp_path: Path) ->
 def test_dense_supervised_and_unsupervised_examples_retrieve_the_archetypes(tmp_path: Path) -> None:
     data = ["data.kind=examples", "data.neurons=100", "data.patterns=4", "data.examples=20",
             "data.quality=0.5", "data.cue_flip=0.2", "learner.quality=0.5", "trainer.batch_size=20",
-            "circuit=dense_hebbian", "circuit.sweeps=5", "circuit.rows=80"]
+            "circuit=dense_hebbian", "circuit.sweeps=5"]
     for protocol in ("supervised", "unsupervised"):
         s = _run(tmp_path, *data, f"learner.protocol={protocol}")
         assert s["test_overlap"] > 0.95 and s["test_archetype_accuracy"] == 1.0, (protocol, s)
