@@ -281,7 +281,15 @@ class HopfieldLearner(Learner):
         if path.exists():
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         out: dict[str, Any] = {}
-        if self.options.eval_cues == "stored" and records:
+        order = getattr(self.circuit, "p", 2)
+        if self.options.eval_cues == "stored" and records and order != 2:
+            from bioplaus import dense_figures
+
+            alpha = memory_figures.critical_load(records)
+            out["k_max"] = None if alpha is None else round(alpha * self.circuit.n)
+            if self.options.figure:
+                out["figure"] = dense_figures.capacity(run_dir, records, self.circuit.n, order)
+        elif self.options.eval_cues == "stored" and records:
             out["alpha_c"] = memory_figures.critical_load(records)
             if self.options.figure:
                 out["figure"] = memory_figures.capacity(run_dir, records, self.circuit.n)

@@ -402,3 +402,10 @@ def test_dense_supervised_and_unsupervised_examples_retrieve_the_archetypes(tmp_
     for protocol in ("supervised", "unsupervised"):
         s = _run(tmp_path, *data, f"learner.protocol={protocol}")
         assert s["test_overlap"] > 0.95 and s["test_archetype_accuracy"] == 1.0, (protocol, s)
+
+
+def test_dense_capacity_preset_stores_thousands_of_patterns_on_50_neurons(tmp_path: Path) -> None:
+    s = _run(tmp_path, "experiment=dense_capacity")
+    # pairwise capacity at N = 50 is about 7 patterns; P = 4 keeps N³/(2·5!!·ln N) ≈ 1065 error-free
+    assert 1000 <= s["k_max"] <= 3000, s
+    assert (Path(s["run_dir"]) / s["figure"]).exists()
