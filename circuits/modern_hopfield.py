@@ -86,8 +86,8 @@ def update_batched(patterns: Tensor, xi: Tensor, beta: float) -> Tensor:
 class ModernHopfield(Circuit):
     """Modern Hopfield network on d = ``task.input_shape[0]`` continuous units (module doc).
 
-    Buffer ``patterns`` (K, d), K = ``rows`` (default ``task.num_classes``); `set_vectors` stores
-    them. `forward(ξ)` runs ``steps`` updates from ξ (B, d); `run` also returns the energy after
+    Buffer ``patterns`` (K, d), empty until `set_vectors` / `add_vectors` store patterns.
+    `forward(ξ)` runs ``steps`` updates from ξ (B, d); `run` also returns the energy after
     each step.
     """
 
@@ -96,7 +96,6 @@ class ModernHopfield(Circuit):
     class Options(CircuitOptions):
         beta: float = option(8.0, "inverse temperature β of the softmax", gt=0)
         steps: int = option(1, "updates ξ ← X softmax(β Xᵀ ξ) per retrieval", gt=0)
-        rows: int = option(0, "stored patterns it holds (0: the task's number of patterns)", ge=0)
 
     def __init__(self, task: Task, head: bool = False, **options: Any) -> None:
         super().__init__(task, **options)
@@ -106,16 +105,23 @@ class ModernHopfield(Circuit):
         self.d = task.input_shape[0]
         self.beta = self.options.beta
         self.steps = self.options.steps
-        rows = self.options.rows or max(1, task.num_classes)
-        self.register_buffer("patterns", torch.zeros(rows, self.d))
+        self.register_buffer("patterns", torch.zeros(0, self.d))
 
     def set_vectors(self, vectors: Tensor) -> None:
-        """Store exactly ``vectors`` (K, d); K must equal ``rows`` (no padding rows: a zero row
-        would be a stored pattern at the origin)."""
-        if vectors.shape != self.patterns.shape:
-            raise UsageError(f"circuit 'modern_hopfield' holds {tuple(self.patterns.shape)} patterns;"
-                             f" got {tuple(vectors.shape)}. Set circuit.rows to the number stored.")
-        self.patterns.copy_(vectors)
+        """Store exactly ``vectors`` (K, d) (replacing what was stored)."""
+        self.patterns = vectors.detach().clone().to(self.patterns)
+
+    def add_vectors(self, vectors: Tensor) -> None:
+        """Append ``vectors`` (B, d) to the stored patterns."""
+        self.patterns = torch.cat([self.patterns, vectors.detach().to(self.patterns)])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # the number of stored patterns is part of the state: restore it before the copy
+        saved = state_dict.get(prefix + "patterns")
+        if saved is not None and saved.shape != self.patterns.shape:
+            self.patterns = self.patterns.new_zeros(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def energy(self, xi: Tensor) -> Tensor:
         """E(ξ) of each state (B, d); (B,)."""

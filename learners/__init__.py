@@ -6,10 +6,11 @@ from bioplaus.learners import (
     forward_forward,
     hopfield,
     local_aux,
+    modern_hopfield,
     mono_forward,
     noprop,
     tpsgd,
 )
 
-__all__ = ["backprop", "counter_current", "forward_forward", "hopfield", "local_aux", "mono_forward",
-           "noprop", "tpsgd"]
+__all__ = ["backprop", "counter_current", "forward_forward", "hopfield", "local_aux", "modern_hopfield",
+           "mono_forward", "noprop", "tpsgd"]

@@ -409,3 +409,25 @@ def test_dense_capacity_preset_stores_thousands_of_patterns_on_50_neurons(tmp_pa
     # pairwise capacity at N = 50 is about 7 patterns; P = 4 keeps N³/(2·5!!·ln N) ≈ 1065 error-free
     assert 1000 <= s["k_max"] <= 3000, s
     assert (Path(s["run_dir"]) / s["figure"]).exists()
+
+
+def test_modern_hopfield_learner_repairs_noisy_cues(tmp_path: Path) -> None:
+    s = _run(tmp_path, "learner=modern_hopfield", "circuit.beta=0.1")
+    # cues have 10 % of their entries flipped: cosine 0.8 with the target before retrieval
+    assert s["test_overlap"] > 0.999 and s["test_energy_rise"] <= 1e-3, s
+    assert (Path(s["run_dir"]) / s["figure"]).exists()
+    # a flat softmax (β → 0) returns the mean of the stored patterns instead
+    flat = _run(tmp_path, "learner=modern_hopfield", "circuit.beta=1e-6")
+    assert flat["test_overlap"] < 0.5, flat
+
+
+def test_modern_retrieval_fmnist_preset_retrieves_half_masked_images(tmp_path: Path) -> None:
+    from bioplaus import data
+
+    try:
+        data.check_available(config.compose(["learner=modern_hopfield",
+                                             "experiment=modern_retrieval_fmnist"]).data)
+    except UsageError:
+        pytest.skip("Fashion-MNIST is not installed")
+    s = _run(tmp_path, "learner=modern_hopfield", "experiment=modern_retrieval_fmnist")
+    assert s["test_retrieved_fraction"] >= 0.95 and s["stored_patterns"] == 1000, s
