@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 
 class UsageError(Exception):
     """Bad input from the user (unknown name, bad value, incompatible choice, missing data).
@@ -17,6 +19,17 @@ class RunFailed(Exception):
         super().__init__(message)
         self.status = status
         self.run_dir = run_dir
+
+
+def require_package(module: str, who: str, extra: str) -> ModuleType:
+    """The optional package ``module``, or a `UsageError` saying that ``who`` needs it and which
+    bioplaus extra installs it (``pip install 'bioplaus[EXTRA]'``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{who} needs the '{module}' package: pip install 'bioplaus[{extra}]'.") from None
 
 
 def check_choice(key: str, value: object, valid: tuple[str, ...]) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bioplaus.errors import UsageError
+from bioplaus.errors import UsageError, require_package
 
 SPIKE_TOLERANCE = 0.999  # fraction of identical spikes the check demands
 PREDICTION_TOLERANCE = 0.99  # fraction of identical predictions the check demands
@@ -47,12 +47,7 @@ TEMPLATE = Path(__file__).with_name("brian2_net.py")
 
 def require_brian2() -> ModuleType:
     """The brian2 module, or a UsageError saying how to install it."""
-    try:
-        import brian2
-    except ImportError:
-        raise UsageError("export brian2 needs the 'brian2' package: "
-                         "pip install 'bioplaus[export]'.") from None
-    return brian2
+    return require_package("brian2", "export brian2", "export")
 
 
 # -- the network as arrays -----------------------------------------------------------------------

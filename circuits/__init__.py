@@ -1,5 +1,5 @@
 """Built-in circuits; importing this package registers them."""
 
-from bioplaus.circuits import cnn, g2g, hopfield, mlp, noprop, rnn, snn
+from bioplaus.circuits import cnn, dense_hebbian, g2g, hopfield, mlp, modern_hopfield, noprop, rnn, snn
 
-__all__ = ["cnn", "g2g", "hopfield", "mlp", "noprop", "rnn", "snn"]
+__all__ = ["cnn", "dense_hebbian", "g2g", "hopfield", "mlp", "modern_hopfield", "noprop", "rnn", "snn"]

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from bioplaus.circuits.rnn import as_sequence, sequence_shape
 from bioplaus.core import Circuit, Task
-from bioplaus.errors import UsageError
+from bioplaus.errors import require_package
 from bioplaus.options import CircuitOptions, option
 from bioplaus.registry import register_circuit
 
@@ -74,13 +74,7 @@ SIGMA_OFFSET = 0.27  # σ = s + 0.27 in the Gaussian tap of `dcls`
 
 
 def _require(package: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise UsageError(f"circuit 'snn' needs the '{package}' package: "
-                         f"pip install 'bioplaus[snn]'.") from None
+    return require_package(package, "circuit 'snn'", "snn")
 
 
 # -- neurons -------------------------------------------------------------------------------------

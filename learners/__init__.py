@@ -8,10 +8,12 @@ from bioplaus.learners import (
     hebbian,
     hopfield,
     local_aux,
+    modern_hopfield,
     mono_forward,
     noprop,
     tpsgd,
 )
 
 __all__ = ["backprop", "counter_current", "dcls", "forward_forward", "hebbian", "hopfield", "local_aux",
+           "modern_hopfield",
            "mono_forward", "noprop", "tpsgd"]

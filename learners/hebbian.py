@@ -212,8 +212,6 @@ class Hebbian(Learner):
         o = self.options
         task.require_classification("hebbian")
         blocks = list(circuit.blocks)
-        if not blocks:
-            raise UsageError("hebbian needs a circuit with at least one hidden block (circuit.hidden).")
         for block in blocks:
             if o.rule == "krotov" and self._units(block) < o.k:
                 raise UsageError(f"learner.k={o.k} exceeds the {self._units(block)} units of a hidden "

@@ -9,6 +9,8 @@ Storage protocols (``protocol``), with stored vectors v and J = (1/N) Σ v vᵀ,
                   networks", Neural Networks 148 (2022) 232–253, arXiv 2109.00454)
 
 r is the examples' quality (``quality``); it and M only rescale J, which matters at finite β.
+The same protocols drive the P-body circuit ``dense_hebbian`` (stored vectors as above; unsupervised
+appends one row per example and sets the factor 1/(r^P M̄) on its energy).
 Storage is incremental: each `train_step` adds its batch — patterns whose index y lies in the
 epoch's window [(e−1)·p, e·p) for ``patterns_per_epoch`` = p, or every vector in epoch 1 when
 p = 0 — so an epoch can be one load step and each vector is stored exactly once.
@@ -86,7 +88,7 @@ class HopfieldLearner(Learner):
     """Hebbian storage (hebb | supervised | unsupervised) and retrieval metrics (module doc)."""
 
     name = "hopfield"
-    circuits = ("hopfield",)
+    circuits = ("hopfield", "dense_hebbian")
     task_kinds = ("memory",)
     monitor = ("overlap", "max")
     loss_metric = None
@@ -117,7 +119,7 @@ class HopfieldLearner(Learner):
         o = self.options
         self.k = task.num_classes
         n = task.input_shape[0]
-        refused = _refused_with(o, circuit.factored, self.k)
+        refused = _refused_with(o, circuit.factored, getattr(circuit, "stores_examples", False), self.k)
         if refused:
             raise UsageError(refused)
         self.register_buffer("sums", torch.zeros(self.k, n))
@@ -142,7 +144,9 @@ class HopfieldLearner(Learner):
         elif o.protocol == "unsupervised":
             self.circuit.add_outer(v)
             per_class = self.counts.sum() / self.k
-            self.circuit.scale.copy_(1.0 / (o.quality ** 2 * per_class.clamp_min(1.0)))
+            # 1/(r^P M̄): P = 2 for pairwise couplings, the circuit's order for dense ones
+            power = getattr(self.circuit, "p", 2)
+            self.circuit.scale.copy_(1.0 / (o.quality ** power * per_class.clamp_min(1.0)))
         elif self.circuit.factored:
             self.circuit.add_outer(v, y)
         else:
@@ -277,7 +281,15 @@ class HopfieldLearner(Learner):
         if path.exists():
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         out: dict[str, Any] = {}
-        if self.options.eval_cues == "stored" and records:
+        order = getattr(self.circuit, "p", 2)
+        if self.options.eval_cues == "stored" and records and order != 2:
+            from bioplaus import dense_figures
+
+            alpha = memory_figures.critical_load(records)
+            out["k_max"] = None if alpha is None else round(alpha * self.circuit.n)
+            if self.options.figure:
+                out["figure"] = dense_figures.capacity(run_dir, records, self.circuit.n, order)
+        elif self.options.eval_cues == "stored" and records:
             out["alpha_c"] = memory_figures.critical_load(records)
             if self.options.figure:
                 out["figure"] = memory_figures.capacity(run_dir, records, self.circuit.n)
@@ -290,10 +302,10 @@ class HopfieldLearner(Learner):
         return out
 
 
-def _refused_with(o: Any, factored: bool, stored: int) -> str | None:
-    """Why these options cannot run on a circuit with (or without) factored couplings that stores
-    ``stored`` patterns, or None."""
-    if o.protocol == "unsupervised" and factored:
+def _refused_with(o: Any, factored: bool, stores_examples: bool, stored: int) -> str | None:
+    """Why these options cannot run on a circuit with (or without) factored couplings, one that can
+    (or cannot) grow a row per stored example, that stores ``stored`` patterns; or None."""
+    if o.protocol == "unsupervised" and factored and not stores_examples:
         return "protocol=unsupervised stores every example: use circuit.couplings=dense."
     if o.network_size and (not factored or stored % o.network_size):
         return (f"learner.network_size={o.network_size} needs circuit.couplings=factored and a number "

@@ -382,3 +382,52 @@ def test_a_sweep_without_a_metric_optimises_the_runs_monitored_metric(tmp_path: 
     # trainer.monitor and monitor_mode given to every run decide it too
     assert sweep.load(path, ["trainer.monitor=energy", "trainer.monitor_mode=min"])["metric"] == {
         "name": "best_val_energy", "goal": "minimize"}
+
+
+def test_dense_p4_learner_runs_store_beyond_pairwise_capacity(tmp_path: Path) -> None:
+    # K = 60 patterns on N = 40 neurons (load 1.5): hebb storage in the P = 4 network retrieves the
+    # cues; the pairwise network (P = 2, same circuit) cannot at this load
+    data = ["data.neurons=40", "data.patterns=60", "data.cues=1", "trainer.batch_size=60",
+            "circuit=dense_hebbian", "circuit.sweeps=5"]
+    dense = _run(tmp_path, *data, "circuit.p=4")
+    pair = _run(tmp_path, *data, "circuit.p=2")
+    assert dense["test_overlap"] > 0.95, dense
+    assert pair["test_overlap"] < 0.7, pair
+
+
+def test_dense_supervised_and_unsupervised_examples_retrieve_the_archetypes(tmp_path: Path) -> None:
+    data = ["data.kind=examples", "data.neurons=100", "data.patterns=4", "data.examples=20",
+            "data.quality=0.5", "data.cue_flip=0.2", "learner.quality=0.5", "trainer.batch_size=20",
+            "circuit=dense_hebbian", "circuit.sweeps=5"]
+    for protocol in ("supervised", "unsupervised"):
+        s = _run(tmp_path, *data, f"learner.protocol={protocol}")
+        assert s["test_overlap"] > 0.95 and s["test_archetype_accuracy"] == 1.0, (protocol, s)
+
+
+def test_dense_capacity_preset_stores_thousands_of_patterns_on_50_neurons(tmp_path: Path) -> None:
+    s = _run(tmp_path, "experiment=dense_capacity")
+    # pairwise capacity at N = 50 is about 7 patterns; P = 4 keeps N³/(2·5!!·ln N) ≈ 1065 error-free
+    assert 1000 <= s["k_max"] <= 3000, s
+    assert (Path(s["run_dir"]) / s["figure"]).exists()
+
+
+def test_modern_hopfield_learner_repairs_noisy_cues(tmp_path: Path) -> None:
+    s = _run(tmp_path, "learner=modern_hopfield", "circuit.beta=0.1")
+    # cues have 10 % of their entries flipped: cosine 0.8 with the target before retrieval
+    assert s["test_overlap"] > 0.999 and s["test_energy_rise"] <= 1e-3, s
+    assert (Path(s["run_dir"]) / s["figure"]).exists()
+    # a flat softmax (β → 0) returns the mean of the stored patterns instead
+    flat = _run(tmp_path, "learner=modern_hopfield", "circuit.beta=1e-6")
+    assert flat["test_overlap"] < 0.5, flat
+
+
+def test_modern_retrieval_fmnist_preset_retrieves_half_masked_images(tmp_path: Path) -> None:
+    from bioplaus import data
+
+    try:
+        data.check_available(config.compose(["learner=modern_hopfield",
+                                             "experiment=modern_retrieval_fmnist"]).data)
+    except UsageError:
+        pytest.skip("Fashion-MNIST is not installed")
+    s = _run(tmp_path, "learner=modern_hopfield", "experiment=modern_retrieval_fmnist")
+    assert s["test_retrieved_fraction"] >= 0.95 and s["stored_patterns"] == 1000, s
