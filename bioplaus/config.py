@@ -228,6 +228,9 @@ def compose(overrides: Sequence[str] = (), *, check: bool = True) -> Any:
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
+    from bioplaus.guards import refuse_unsafe_overrides
+
+    refuse_unsafe_overrides([str(o) for o in overrides])  # nothing that would import code or copy secrets
     parsed = _parse([str(o) for o in overrides])
     groups = [o for o in parsed if o.key_or_group in GROUPS]
     values = [o for o in parsed if o.key_or_group not in GROUPS and not o.key_or_group.startswith("hydra")]

@@ -155,7 +155,7 @@ RUN: dict[str, tuple[Callable[[Sandbox], list[str]], str]] = {
     "wrong type": (lambda sb: ["trainer.epochs=abc"], "trainer.epochs"),
     "zero epochs": (lambda sb: ["trainer.epochs=0"], "positive"),
     "negative batch": (lambda sb: ["trainer.batch_size=-4"], "batch_size"),
-    "negative learning rate": (lambda sb: ["learner.lr=-0.1"], "learning rate"),
+    "negative learning rate": (lambda sb: ["learner.lr=-0.1"], "learner.lr must be a number > 0"),
     "bad device": (lambda sb: ["device=tpu"], "device"),
     "float seed": (lambda sb: ["seed=1.5"], "seed"),
     "bad select": (lambda sb: ["trainer.select=worst"], "trainer.select"),
@@ -272,7 +272,7 @@ API: dict[str, tuple[Callable[[Sandbox], object], str]] = {
     "compose bad type": (lambda sb: bioplaus.compose(["trainer.epochs=x"]), "trainer.epochs"),
     "compose target": (lambda sb: bioplaus.compose(["+learner._target_=os.system"]), "_target_"),
     "train negative lr": (lambda sb: bioplaus.train(bioplaus.compose(
-        [*QUICK, "learner.lr=-1.0", f"paths.runs={sb.runs}"], check=False)), "learning rate"),
+        [*QUICK, "learner.lr=-1.0", f"paths.runs={sb.runs}"], check=False)), "learner.lr must be a number > 0"),
     "train data on another device": (lambda sb: bioplaus.train(bioplaus.compose(
         [*QUICK, "device=cpu", f"paths.runs={sb.runs}"]),
         data=data.from_tensors(_x(), _y(), device="meta")), "device"),
@@ -524,10 +524,10 @@ def test_fault7_wandb_failing_mid_run_does_not_stop_it(tmp_path: Path,
 
 
 def test_fault8_a_refused_option_leaves_no_folder(sb: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
-    """The learning rate is refused by the learner itself, after Hydra made the run's folder."""
+    """A refused learning rate, with the run folder pinned through Hydra, leaves no folder."""
     code, err = main_exit(["run", *QUICK, "learner.lr=-0.1", f"paths.runs={sb.runs / 'new' / 'root'}"],
                           capsys)
-    assert code == 2 and "learning rate" in err
+    assert code == 2 and "learner.lr must be a number > 0" in err
     assert sb.clean()
     code, _ = main_exit(["run", *QUICK, "learner.lr=-0.1"], capsys)  # default root: ./runs
     assert code == 2 and sb.clean()
