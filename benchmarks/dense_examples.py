@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from bioplaus import patterns
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.circuits.dense_hebbian import DenseHebbian
 from bioplaus.core import Task
 from bioplaus.tracking import machine_description
@@ -43,11 +42,7 @@ MAX_ROWS = 60_000
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_version(HERE)
 
 
 def archetype_overlap(p: int, n: int, k: int, m: int, r: float, protocol: str, cues: int,

@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from bioplaus import patterns
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.circuits.dense_hebbian import DenseHebbian
 from bioplaus.core import Task
 from bioplaus.tracking import machine_description
@@ -41,11 +40,7 @@ THRESHOLD = 0.9
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_version(HERE)
 
 
 def mean_overlap(p: int, n: int, k: int, cues: int, sweeps: int) -> float:

@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from bioplaus import patterns
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.circuits.hopfield import Hopfield
 from bioplaus.core import Task
 from bioplaus.tracking import machine_description
@@ -53,11 +52,7 @@ def numpy_dynamics(j: np.ndarray, sigma: np.ndarray, sweeps: int, rng: np.random
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_version(HERE)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 import bioplaus
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.tracking import machine_description
 
 HERE = Path(__file__).resolve().parent
@@ -40,11 +39,7 @@ FIGURES = RESULTS / "memory"
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_version(HERE)
 
 
 def _run(experiment: str, seed: int, *overrides: str) -> dict[str, Any]:

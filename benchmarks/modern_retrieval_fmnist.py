@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from bioplaus import registry
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.circuits.modern_hopfield import ModernHopfield
 from bioplaus.core import Task
 from bioplaus.tracking import machine_description
@@ -39,11 +38,7 @@ RESULTS = HERE / "results"
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return code_version(HERE)
 
 
 def images() -> torch.Tensor:

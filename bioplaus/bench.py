@@ -139,6 +139,19 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def code_version(folder: str | Path | None = None) -> str:
+    """The short git commit of the checkout holding ``folder`` (default: this package), or
+    ``unknown`` outside a git checkout — recorded with every benchmark row."""
+    import subprocess
+
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=where, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def markdown_header(title: str, payload: dict[str, Any], protocol: str) -> list[str]:
     """Title, then one paragraph: the machine, torch version and date of ``payload``, and the
     protocol. The opening lines of a benchmark script's Markdown table."""
