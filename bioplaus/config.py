@@ -278,7 +278,7 @@ def check_runs_root(root: str | Path) -> Path:
             raise PermissionError(13, "permission denied", str(existing))
         if existing == path.absolute():
             with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
+                pass  # creating and removing a file proves the folder writable
     except OSError as e:
         raise UsageError(
             f"the runs root '{path}' is not writable ({e.strerror or e}). "

@@ -238,13 +238,10 @@ class CircuitOptions(Options):
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python lists and dicts; tuples -> lists."""
-    try:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, tuple):
         return list(value)
     return value
