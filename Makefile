@@ -18,11 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/bioplaus run learner=forward_forward $(ARGS)
 
+# the suite runs on every core (pytest-xdist); each test and each run it starts uses one thread
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist worksteal $(ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m slow $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,6 +12,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 # a picture that fails to draw is logged and skipped in a user's run; in tests it is an error
 os.environ.setdefault("BIOPLAUS_STRICT_PLOTS", "1")
+# runs a test starts in a subprocess use one thread too: the suite runs one worker per core
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():

@@ -22,6 +22,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def cli_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`bioplaus ARGS` through ``bioplaus.cli.main`` in this process, for input the CLI refuses
+    before any run: the exit code (``SystemExit``), stdout and stderr as from a subprocess, without
+    an interpreter start per case. An uncaught exception propagates (the test fails), as a traceback
+    in a subprocess would. Use ``run_cli`` where the process boundary matters (signals, the
+    environment, ``python -m``)."""
+    import contextlib
+    import io
+
+    from bioplaus.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    previous = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["bioplaus", *args], code, out.getvalue(), err.getvalue())
+
+
 def summary_of(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 

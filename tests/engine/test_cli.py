@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import last_line, run_cli, summary_of
+from tests.helpers import cli_in_process, last_line, run_cli, summary_of
 
 SUMMARY_KEYS = {
     "status", "learner", "circuit", "data", "seed", "epochs_completed", "test_accuracy",
@@ -70,7 +70,7 @@ def test_bad_input_exits_2_with_a_message_and_no_run(case: str, tmp_path: Path) 
         overrides = [*overrides, f"paths.runs={tmp_path}/runs"]
     if case == "missing data":
         overrides.append(f"data.root={tmp_path}/no-data-here")
-    result = run_cli("run", *overrides, cwd=tmp_path)
+    result = cli_in_process("run", *overrides, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     message = result.stderr.strip()
@@ -96,7 +96,7 @@ def test_diverging_run_exits_1_and_keeps_a_finite_checkpoint(tmp_path: Path) -> 
 
 
 def test_list_prints_everything() -> None:
-    result = run_cli("list")
+    result = cli_in_process("list")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for section in ("learners:", "circuits:", "data:", "experiments:", "compatibility"):
@@ -106,7 +106,7 @@ def test_list_prints_everything() -> None:
 
 
 def test_unknown_command_exits_2() -> None:
-    result = run_cli("frobnicate")
+    result = cli_in_process("frobnicate")
     assert result.returncode == 2
     assert "unknown command" in result.stderr
 
@@ -126,12 +126,12 @@ def test_wandb_without_a_key_logs_offline_into_the_run_dir(tmp_path: Path) -> No
 def test_compare_tabulates_runs(tmp_path: Path) -> None:
     first = run_cli("run", *QUICK, "trainer.epochs=1", f"paths.runs={tmp_path}/runs")
     assert first.returncode == 0, first.stderr
-    result = run_cli("compare", str(tmp_path / "runs"))
+    result = cli_in_process("compare", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.strip().splitlines()
     assert "test_accuracy" in header and "samples_per_second" in header
     assert "backprop" in row and "completed" in row
-    missing = run_cli("compare", str(tmp_path / "nothing"))
+    missing = cli_in_process("compare", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
 

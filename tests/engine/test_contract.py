@@ -20,7 +20,7 @@ import bioplaus
 from bioplaus import config, registry
 from bioplaus.errors import RunFailed, UsageError
 from bioplaus.options import Options
-from tests.helpers import last_line, run_cli, summary_of
+from tests.helpers import cli_in_process, last_line, run_cli, summary_of
 
 CONFIGS = Path(bioplaus.__file__).parent.parent / "configs"
 QUICK = ["device=cpu", "threads=1", "trainer.progress=none"]
@@ -129,7 +129,7 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("overrides, expected", BAD_OPTIONS)
 def test_bad_options_exit_2_naming_key_value_and_allowed(overrides: list[str], expected: str,
                                                           tmp_path: Path) -> None:
-    result = run_cli("run", *overrides, *QUICK, f"paths.runs={tmp_path}/runs", cwd=tmp_path)
+    result = cli_in_process("run", *overrides, *QUICK, f"paths.runs={tmp_path}/runs", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -168,7 +168,7 @@ def test_docs_options_table_is_current() -> None:
 
 
 def test_list_name_shows_the_declared_options() -> None:
-    result = run_cli("list", "mono_forward")
+    result = cli_in_process("list", "mono_forward")
     assert result.returncode == 0, result.stderr
     assert "lr_decay" in result.stdout and "a number > 0 and ≤ 1" in result.stdout
 

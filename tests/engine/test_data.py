@@ -127,3 +127,19 @@ def test_normalisation_modes() -> None:
     assert float(unit.train_x.max()) <= 1.0 and float(unit.train_x.min()) >= 0.0
     with pytest.raises(UsageError, match="normalize"):
         data.from_raw(raw, normalize="zscore")
+
+
+def test_digits_are_scikit_learns_bundled_digits_with_a_fixed_test_split() -> None:
+    """The digits file is read without importing scikit-learn; it must equal its loader's output."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from bioplaus.data import load_digits
+
+    raw = load_digits()
+    bunch = sklearn_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(raw.train_x, images[order[360:]]) and torch.equal(raw.test_x, images[order[:360]])
+    assert torch.equal(raw.train_y, labels[order[360:]]) and torch.equal(raw.test_y, labels[order[:360]])
+    assert raw.train_y.dtype == torch.long and raw.num_classes == 10

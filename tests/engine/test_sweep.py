@@ -16,7 +16,7 @@ import yaml
 
 from bioplaus import sweep as sweep_module
 from bioplaus.errors import UsageError
-from tests.helpers import last_line, run_cli
+from tests.helpers import cli_in_process, last_line, run_cli
 
 QUICK = {"learner": {"value": "backprop"}, "circuit.hidden": {"value": [16]}}
 COMMAND = ["bioplaus", "run", "logger=wandb", "${args_no_hyphens}"]
@@ -130,7 +130,7 @@ def _bad_specs(tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
 def test_bad_sweeps_exit_2_with_a_message_before_any_run(tmp_path: Path) -> None:
     for case, (args, needles) in _bad_specs(tmp_path).items():
         runs = tmp_path / f"runs_{case.replace(' ', '_')}"
-        result = run_cli("sweep", *args, "--local", f"paths.runs={runs}")
+        result = cli_in_process("sweep", *args, "--local", f"paths.runs={runs}")
         assert result.returncode == 2, (case, result.stdout, result.stderr)
         assert result.stderr.startswith("bioplaus: error:"), case
         assert "Traceback" not in result.stderr, case
