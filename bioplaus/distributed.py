@@ -17,9 +17,11 @@ the gradient of the mean over the global batch,
     ∇_θ (1/B) Σ_{i∈batch} ℓ_i = (1/N) Σ_r ∇_θ (1/(B/N)) Σ_{i∈shard r} ℓ_i ,
 
 and one mechanism applies it to every rule: every optimiser the learner registers
-(`Learner.add_optimizer`) gets a step pre-hook that averages the gradients of its parameters
-over the ranks (one all-reduce per dtype) right before ``optimizer.step()`` — however often the
-learner itself calls ``backward`` and ``step`` inside ``train_step``. The weights of a rule whose
+(`Learner.add_optimizer`) has the gradients of its parameters averaged over the ranks: by a
+post-accumulate-grad hook on each parameter as soon as ``backward`` has written it (so gradient
+clipping and masks between ``backward`` and ``step`` see the averaged gradient), and by a step
+pre-hook for any gradient set by hand — however often the learner itself calls ``backward`` and
+``step`` inside ``train_step``. The weights of a rule whose
 update is a function of these gradients therefore equal those of one process at batch B (up to
 floating-point summation order).
 
@@ -154,8 +156,7 @@ def prepare(learner: torch.nn.Module, seed: int) -> None:
     if not active() or getattr(learner, "_distributed_ready", False):
         return
     broadcast_state(learner)
-    for optimizer in learner.optimizers.values():
-        optimizer.register_step_pre_hook(_average_gradients)
+    _average_gradients(learner.optimizers.values())
     learner.train_step = _synchronised_step(learner, learner.train_step)
     learner._distributed_ready = True
     fork_rng(seed, 0)
@@ -200,11 +201,36 @@ def _all_reduce_(tensors: list[Tensor], average: bool) -> None:
         t.copy_(reduced)
 
 
-def _average_gradients(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Optimiser step pre-hook: average every gradient of the optimiser's parameters over the ranks."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    for same in _by_dtype(grads).values():
-        _all_reduce_(same, average=True)
+def _average_gradients(optimizers: Iterable[torch.optim.Optimizer]) -> None:
+    """Average over the ranks every gradient the optimisers will use.
+
+    A post-accumulate-grad hook on each parameter averages its gradient as soon as a ``backward``
+    has accumulated it, so whatever the learner does between ``backward`` and ``step`` (gradient
+    clipping, masking) sees the averaged gradient; averaging is linear, so several backwards into
+    the same ``.grad`` stay right. A step pre-hook then averages any gradient that did not come from
+    ``backward`` (assigned to ``.grad`` by hand) right before ``optimizer.step()``.
+    """
+    reduced: set[int] = set()
+
+    def after_backward(p: Tensor) -> None:
+        _all_reduce_([p.grad], average=True)
+        reduced.add(id(p))
+
+    def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None and id(p) not in reduced]
+        for same in _by_dtype(grads).values():
+            _all_reduce_(same, average=True)
+        reduced.difference_update(id(p) for p in params)
+
+    hooked: set[int] = set()
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in hooked and p.requires_grad:
+                    p.register_post_accumulate_grad_hook(after_backward)
+                    hooked.add(id(p))
+        optimizer.register_step_pre_hook(before_step)
 
 
 def _free_state(learner: torch.nn.Module) -> tuple[list[Tensor], list[Tensor]]:

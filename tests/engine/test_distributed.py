@@ -1,0 +1,234 @@
+"""Data-parallel training (`bioplaus.distributed`): two gloo processes on CPU at global batch B end
+one epoch with the weights of one process at batch B; rank 0 alone writes; state changed inside a
+step (g2g's correlations and masks) stays identical on both ranks; a killed rank ends the job.
+
+The ranks are forked from the test process (the library's own torchrun code path: RANK,
+WORLD_SIZE, MASTER_ADDR/PORT in the environment), which starts in a fraction of torchrun's time;
+the slow tests launch the real ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bioplaus import distributed, engine
+from bioplaus.config import compose
+from bioplaus.errors import UsageError
+from tests.helpers import REPO, summary_of
+
+BASE = ["trainer.epochs=1", "trainer.batch_size=32", "plots=false", "threads=1", "trainer.progress=none"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, overrides: list[str], run_dir: Path, out: Path) -> None:
+    """One forked rank: train, then save this rank's learner state to ``out/rank{rank}.pt``."""
+    code = 0
+    try:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                          BIOPLAUS_DIST_TIMEOUT="60")
+        torch.set_num_threads(1)
+        original = engine._Loop.run
+
+        def run_and_keep(loop: Any) -> dict[str, Any]:
+            summary = original(loop)
+            torch.save(loop.learner.state_dict(), out / f"rank{rank}.pt")
+            return summary
+
+        engine._Loop.run = run_and_keep  # this forked process only
+        engine.train(compose(overrides), run_dir=run_dir, quiet=True, validated=True)
+    except BaseException:  # reported to the test through the exit code and stderr
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _ranks(overrides: list[str], run_dir: Path, out: Path, world: int = 2, timeout: float = 240) -> None:
+    ctx = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, overrides, run_dir, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.time() + timeout
+    for p in procs:
+        p.join(max(1.0, deadline - time.time()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0] * world
+
+
+def _single(overrides: list[str], run_dir: Path) -> dict[str, torch.Tensor]:
+    engine.train(compose(overrides), run_dir=run_dir, quiet=True, validated=True)
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["learner"]
+
+
+def _worst_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in a:
+        if isinstance(a[key], dict):  # a circuit's extra state (counters, generator state)
+            assert a[key].keys() == b[key].keys()
+            for k, va in a[key].items():
+                vb = b[key][k]
+                assert torch.equal(va, vb) if torch.is_tensor(va) else va == vb, (key, k)
+        elif a[key].is_floating_point():
+            diff = (a[key].double() - b[key].double()).norm()
+            worst = max(worst, float(diff / a[key].double().norm().clamp_min(1e-12)))
+        else:
+            assert torch.equal(a[key], b[key]), key
+    return worst
+
+
+def _check_equal_to_single(tmp_path: Path, overrides: list[str]) -> float:
+    single = _single(overrides, tmp_path / "single")
+    out = tmp_path / "out"
+    out.mkdir()
+    _ranks(overrides, tmp_path / "ddp", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "out", "single"]  # one run folder
+    ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)["learner"]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert _worst_relative(rank0, rank1) == 0.0  # the replicas never drift apart
+    assert _worst_relative(ddp, rank0) == 0.0
+    worst = _worst_relative(single, ddp)
+    assert worst < 1e-5, worst
+    summary = summary_of(tmp_path / "ddp")
+    assert summary["status"] == "completed" and summary["processes"] == 2
+    assert summary["test_accuracy"] == summary_of(tmp_path / "single")["test_accuracy"]
+    return worst
+
+
+def test_backprop_two_processes_equal_one_process_at_the_global_batch(tmp_path: Path) -> None:
+    _check_equal_to_single(tmp_path, ["learner=backprop", "circuit.hidden=[64]", *BASE])
+
+
+SLOW_LEARNERS = {
+    "mono_forward": ["learner=mono_forward", "circuit.hidden=[64,64]"],
+    # hard negatives are chosen deterministically; peer normalisation reads the global batch mean
+    "forward_forward": ["learner=forward_forward", "circuit.hidden=[64,64]", "learner.negatives=hard",
+                        "learner.peer_norm=0.03"],
+    # gradient clipping between backward and step sees the averaged gradient
+    "counter_current": ["learner=counter_current", "circuit.hidden=[64,64]", "learner.clip=1.0"],
+    "tpsgd": ["learner=tpsgd", "circuit.hidden=[64,64]"],
+    "local_aux": ["learner=local_aux", "circuit.hidden=[64,64]"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SLOW_LEARNERS))
+def test_local_rules_two_processes_equal_one_process(tmp_path: Path, name: str) -> None:
+    _check_equal_to_single(tmp_path, [*SLOW_LEARNERS[name], *BASE])
+
+
+@pytest.mark.slow
+def test_g2g_rewiring_identical_on_both_ranks(tmp_path: Path) -> None:
+    overrides = ["learner=backprop", "circuit=g2g", "circuit.hidden=[64,64]", "circuit.dst.enabled=true",
+                 "circuit.dst.every=5", "circuit.dst.prune=correlation", "circuit.dst.regrow=correlation",
+                 *BASE]
+    worst = _check_equal_to_single(tmp_path, overrides)
+    assert worst < 1e-5
+    out = tmp_path / "out"
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert rank0["circuit._extra_state"]["rewirings"] > 0
+    masks = [k for k in rank0 if k.endswith("linear.mask")]
+    assert masks
+    first = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)["learner"]
+    for key in masks:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert any(k.startswith("circuit") and "corr_" in k for k in first)
+
+
+def test_global_batch_must_split_into_equal_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="multiple of 2"):
+        distributed.check_batch(33)
+    distributed.check_batch(32)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.check_batch(33)
+
+
+def test_shard_takes_equal_contiguous_slices() -> None:
+    # one process: the batches themselves; the slicing of two ranks is checked end to end above
+    x, y = torch.arange(12).reshape(6, 2), torch.arange(6)
+    assert [b[1].tolist() for b in distributed.shard([(x, y)])] == [y.tolist()]
+    assert not distributed.active() and distributed.is_writer() and distributed.world_size() == 1
+
+
+# -- real torchrun ----------------------------------------------------------------------------------
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0", "--max-restarts=0", "-m", "bioplaus", *args]
+
+
+def _children_ranks(pid: int) -> dict[int, int]:
+    """rank -> pid of the worker processes torchrun ``pid`` started."""
+    ranks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            items = (entry / "environ").read_text().split("\0")
+            env = dict(item.split("=", 1) for item in items if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env:
+            ranks[int(env["RANK"])] = int(entry.name)
+    return ranks
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["run", "learner=backprop", "circuit.hidden=[256,256]", "trainer.epochs=200",
+            "trainer.batch_size=8", "plots=false", "threads=1", "trainer.progress=none",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIOPLAUS_DIST_TIMEOUT": "60"}
+    proc = subprocess.Popen(_torchrun(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    ranks = _children_ranks(proc.pid)
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1], signal.SIGKILL)
+    killed = time.time()
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert time.time() - killed < 60
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["loop"]["epoch"]
+    assert saved >= 1
+    summary = engine.resume(run_dir, ["trainer.epochs=" + str(saved + 1)], quiet=True)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == saved + 1
