@@ -26,16 +26,21 @@ update is a function of these gradients therefore equal those of one process at 
 floating-point summation order).
 
 State changed inside a step without an optimiser — buffers (running means, correlation moments,
-masks, prototypes) and parameters no optimiser owns (Hebbian weights) — is kept identical on
-every rank by the same wrapper of ``train_step``: each rank keeps the value it had before the
-step, s₀, and after the step all ranks take
+masks) and parameters no optimiser owns (Hebbian weights) — is kept identical on every rank by a
+wrapper of ``train_step``: each rank keeps the value it had before the step, s₀, and after the step
+all ranks take
 
-    s ← s₀ + (1/N) Σ_r (s_r − s₀)        (names in ``Learner.distributed_sum``: s₀ + Σ_r (s_r − s₀))
+    s ← s₀ + (1/N) Σ_r (s_r − s₀)
 
-— exact for updates linear in batch means (exponential moving averages, mean Hebbian increments;
-a state that did not change stays bit-identical), the average of the shard updates otherwise.
-A rule whose *loss* reads a batch statistic (forward_forward's peer normalisation) takes the global
-statistic with `batch_mean`, differentiable, so its gradient is the single-process one.
+— exact for updates linear in batch means (exponential moving averages such as g2g's correlation
+moments, mean Hebbian increments; a state that did not change stays bit-identical), the average of
+the shard updates otherwise (e.g. a Hebbian rule normalised per batch). A rule whose step reads a
+statistic of the batch takes the global one: forward_forward's peer-normalisation mean through
+`batch_mean` (differentiable, so its gradient is the single-process one), noprop's class prototypes
+through `global_sum`. Storage rules whose state is a running sum or grows with every stored
+example (hopfield, modern_hopfield) declare ``Learner.distributed_batches = "global"``: every rank
+stores the whole global batch, so their state is identical by construction (storage is cheap; their
+evaluation — retrieval — is what costs, see below).
 
 Randomness: the weights are built from the same seed on every rank and then broadcast from rank 0;
 afterwards rank r > 0 reseeds PyTorch's global generator from (seed, r, step), so random draws
@@ -129,10 +134,11 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def check_batch(batch_size: int) -> None:
-    """`UsageError` unless the global batch splits into equal shards over the ranks."""
+def check_batch(batch_size: int, batches: str = "shard") -> None:
+    """`UsageError` unless the global batch splits into equal shards over the ranks (for a rule
+    with ``distributed_batches="shard"``)."""
     n = requested_world_size()
-    if n > 1 and batch_size % n:
+    if n > 1 and batches == "shard" and batch_size % n:
         raise UsageError(f"trainer.batch_size={batch_size} does not split into {n} equal shards "
                          f"(one per process): use a multiple of {n}.")
 
@@ -156,9 +162,11 @@ def prepare(learner: torch.nn.Module, seed: int) -> None:
     if not active() or getattr(learner, "_distributed_ready", False):
         return
     broadcast_state(learner)
+    learner._distributed_ready = True
+    if learner.distributed_batches == "global":  # the same batch and update on every rank
+        return
     _average_gradients(learner.optimizers.values())
     learner.train_step = _synchronised_step(learner, learner.train_step)
-    learner._distributed_ready = True
     fork_rng(seed, 0)
 
 
@@ -233,26 +241,23 @@ def _average_gradients(optimizers: Iterable[torch.optim.Optimizer]) -> None:
         optimizer.register_step_pre_hook(before_step)
 
 
-def _free_state(learner: torch.nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-    """(averaged, summed) tensors a step may change outside any optimiser: floating buffers and
-    parameters no optimiser owns. ``learner.distributed_sum`` names the summed ones."""
+def _free_state(learner: torch.nn.Module) -> list[Tensor]:
+    """Tensors a step may change outside any optimiser: floating buffers and parameters no
+    optimiser owns."""
     owned = {id(p) for opt in learner.optimizers.values() for g in opt.param_groups for p in g["params"]}
-    summed_names = set(getattr(learner, "distributed_sum", ()))
-    averaged, summed = [], []
-    named = [*learner.named_parameters(), *learner.named_buffers()]
+    state: list[Tensor] = []
     seen: set[int] = set()
-    for name, t in named:
+    for t in [*learner.parameters(), *learner.buffers()]:
         if id(t) in owned or id(t) in seen or not t.is_floating_point():
             continue
         seen.add(id(t))
-        (summed if name in summed_names else averaged).append(t)
-    return averaged, summed
+        state.append(t)
+    return state
 
 
 def _synchronised_step(learner: torch.nn.Module, step: Callable[[Tensor, Tensor], dict[str, Tensor]]
                        ) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
-    averaged, summed = _free_state(learner)
-    state = averaged + summed
+    state = _free_state(learner)
 
     def synchronised_step(x: Tensor, y: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -260,16 +265,26 @@ def _synchronised_step(learner: torch.nn.Module, step: Callable[[Tensor, Tensor]
         out = step(x, y)
         with torch.no_grad():
             deltas = [t.detach() - b for t, b in zip(state, before, strict=True)]
-            n_avg = len(averaged)
-            for same in _by_dtype(deltas[:n_avg]).values():
+            for same in _by_dtype(deltas).values():
                 _all_reduce_(same, average=True)
-            for same in _by_dtype(deltas[n_avg:]).values():
-                _all_reduce_(same, average=False)
             for t, b, d in zip(state, before, deltas, strict=True):
-                t.data.copy_(b + d)
+                t.copy_(b + d)
         return out
 
     return synchronised_step
+
+
+@torch.no_grad()
+def global_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the ranks (a new tensor; ``t`` itself in one process), e.g. per-class
+    counts and sums of a batch statistic the step stores."""
+    import torch.distributed as dist
+
+    if not active():
+        return t
+    out = t.clone()
+    dist.all_reduce(out)
+    return out
 
 
 def batch_mean(a: Tensor) -> Tensor:
@@ -286,11 +301,12 @@ def batch_mean(a: Tensor) -> Tensor:
 
 # -- data -------------------------------------------------------------------------------------------
 
-def shard(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-    """This rank's equal, contiguous shard of every global batch."""
+def shard(batches: Iterable[tuple[Tensor, Tensor]], mode: str = "shard") -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's equal, contiguous shard of every global batch (``mode="global"``: the whole
+    batch, see `Learner.distributed_batches`)."""
     n, r = world_size(), rank()
     for xb, yb in batches:
-        if n == 1:
+        if n == 1 or mode == "global":
             yield xb, yb
             continue
         size = xb.shape[0] // n
@@ -325,7 +341,8 @@ def mean_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def evaluate(learner: Any, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
     """`Learner.evaluate` over the ranks: the default classification evaluation on each rank's
-    share, correct counts summed; another learner's own evaluation by rank 0, broadcast."""
+    share, correct counts summed; another learner's own evaluation by rank 0, its metrics and the
+    learner's state afterwards broadcast."""
     import torch.distributed as dist
 
     if not active():
@@ -341,7 +358,9 @@ def evaluate(learner: Any, x: Tensor, y: Tensor, batch_size: int) -> dict[str, f
                               device=x.device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(counts)
         return {k: float(c) / count for k, c in zip(keys, counts.tolist(), strict=True)}
-    return from_writer(lambda: learner.evaluate(x, y, batch_size))
+    metrics = from_writer(lambda: learner.evaluate(x, y, batch_size))
+    broadcast_state(learner)  # state the evaluation changed (e.g. a count seeding its noise)
+    return metrics
 
 
 def from_writer(make: Callable[[], Any]) -> Any:

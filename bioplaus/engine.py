@@ -83,7 +83,6 @@ def build(cfg: Any, data: DataSplits | None = None) -> tuple[DataSplits, Circuit
 def _build(cfg: Any, data: DataSplits | None) -> tuple[DataSplits, Circuit, Learner]:
     """`build` of a validated config."""
     device = distributed.setup(resolve_device(str(cfg.device)))
-    distributed.check_batch(int(cfg.trainer.batch_size))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(int(cfg.seed))
@@ -93,6 +92,7 @@ def _build(cfg: Any, data: DataSplits | None) -> tuple[DataSplits, Circuit, Lear
         raise UsageError(f"the data given live on {data.device} but device={cfg.device}.")
     learner_cls = registry.get_learner(str(cfg.learner.name))
     circuit_cls = registry.get_circuit(str(cfg.circuit.name))
+    distributed.check_batch(int(cfg.trainer.batch_size), learner_cls.distributed_batches)
     if data.task.kind not in learner_cls.task_kinds:
         raise UsageError(f"learner '{learner_cls.name}' handles {', '.join(learner_cls.task_kinds)} "
                          f"tasks; data '{data.name}' is a {data.task.kind} task.")
@@ -485,7 +485,8 @@ class _Loop:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         try:
-            batches = distributed.shard(train_batches(x, y, batch_size, self._epoch_generator(epoch)))
+            batches = distributed.shard(train_batches(x, y, batch_size, self._epoch_generator(epoch)),
+                                        self.learner.distributed_batches)
             for step, (xb, yb) in enumerate(batches, 1):
                 out = self.runner.step(xb, yb)
                 sums.add(out)
