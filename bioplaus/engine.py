@@ -306,7 +306,7 @@ class _Loop:
         self.writer = distributed.is_writer()  # rank 0 of a torchrun job alone writes files
         self.log = RunLog(run_dir, quiet=quiet) if self.writer else distributed.NullLog()
         self.metrics = MetricsFile(run_dir) if self.writer else distributed.NullMetrics()
-        self.progress = Progress("none" if quiet else str(cfg.trainer.progress))
+        self.progress = Progress("none" if quiet or not self.writer else str(cfg.trainer.progress))
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.best_path = run_dir / "checkpoints" / "best.pt"
         self.select_best = str(cfg.trainer.get("select", "last")) == "best_val"

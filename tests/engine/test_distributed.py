@@ -37,10 +37,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, overrides: list[str], run_dir: Path, out: Path) -> None:
+def _fail_at_step(learner_name: str, step: int) -> None:
+    """Make ``learner_name``'s train_step raise at its ``step``-th call (in this process only)."""
+    from bioplaus import registry
+
+    cls = registry.get_learner(learner_name)
+    original, calls = cls.train_step, [0]
+
+    def failing(self: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        calls[0] += 1
+        if calls[0] == step:
+            raise RuntimeError("injected failure")
+        return original(self, x, y)
+
+    cls.train_step = failing
+
+
+def _rank_main(rank: int, world: int, port: int, overrides: list[str], run_dir: Path, out: Path,
+               fail_rank: int | None = None) -> None:
     """One forked rank: train, then save this rank's learner state to ``out/rank{rank}.pt``."""
     code = 0
     try:
+        if rank == fail_rank:
+            _fail_at_step("backprop", 5)
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                           BIOPLAUS_DIST_TIMEOUT="60")
@@ -62,10 +81,11 @@ def _rank_main(rank: int, world: int, port: int, overrides: list[str], run_dir: 
         os._exit(code)
 
 
-def _ranks(overrides: list[str], run_dir: Path, out: Path, world: int = 2, timeout: float = 240) -> None:
+def _ranks(overrides: list[str], run_dir: Path, out: Path, world: int = 2, timeout: float = 240,
+           fail_rank: int | None = None) -> list[int | None]:
     ctx = multiprocessing.get_context("fork")
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, overrides, run_dir, out))
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, overrides, run_dir, out, fail_rank))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -75,7 +95,10 @@ def _ranks(overrides: list[str], run_dir: Path, out: Path, world: int = 2, timeo
     for p in procs:
         if p.is_alive():
             p.kill()
-    assert [p.exitcode for p in procs] == [0] * world
+            p.join()
+    codes = [p.exitcode for p in procs]
+    assert fail_rank is not None or codes == [0] * world
+    return codes
 
 
 def _single(overrides: list[str], run_dir: Path) -> dict[str, torch.Tensor]:
@@ -190,6 +213,20 @@ def test_hopfield_storage_identical_to_one_process(tmp_path: Path) -> None:
         assert torch.equal(state[key], single[key]), key
     a, b = summary_of(tmp_path / "single"), summary_of(tmp_path / "ddp")
     assert a["monitor"] == b["monitor"] and a[f"test_{a['monitor']}"] == b[f"test_{b['monitor']}"]
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_stops_both_with_its_reason(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    start = time.time()
+    codes = _ranks(["learner=backprop", "circuit.hidden=[32]", *BASE], tmp_path / "ddp", out,
+                   timeout=120, fail_rank=1)
+    assert time.time() - start < 120 and codes == [1, 1]  # neither rank hangs; both fail
+    summary = summary_of(tmp_path / "ddp")  # written by rank 0 alone
+    assert summary["status"] == "failed"
+    assert "rank 1: RuntimeError: injected failure" in summary["reason"]
+    assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
 
 
 def test_global_batch_must_split_into_equal_shards(monkeypatch: pytest.MonkeyPatch) -> None:
