@@ -167,13 +167,15 @@ def prepare(learner: torch.nn.Module, seed: int) -> None:
         return
     _average_gradients(learner.optimizers.values())
     learner.train_step = _synchronised_step(learner, learner.train_step)
-    fork_rng(seed, 0)
+    fork_rng(learner, seed, 0)
 
 
-def fork_rng(seed: int, step: int) -> None:
-    """Reseed PyTorch's global generator of rank r > 0 from (seed, r, step); rank 0 keeps its own."""
+def fork_rng(learner: Any, seed: int, step: int) -> None:
+    """Reseed PyTorch's global generator of rank r > 0 from (seed, r, step); rank 0 keeps its own.
+    Not for a rule fed the global batch (``distributed_batches="global"``): its ranks keep the
+    same stream."""
     r = rank()
-    if r > 0:
+    if r > 0 and learner.distributed_batches != "global":
         torch.manual_seed((int(seed) * 1_000_003 + r * 7_919 + int(step) * 104_729) % 2**63)
 
 
@@ -402,14 +404,14 @@ def load_checkpoint(path: Any, learner: Any, device: torch.device) -> dict[str, 
     if not is_writer():
         learner.load_state_dict(payload["learner"])
         learner.load_optimizer_state_dict(payload["optimizers"])
+        checkpoint.set_rng_state(payload["rng"])  # rank 0's; `fork_rng` then gives each its own
     return payload["loop"]
 
 
 def _read_for_peers(checkpoint: Any, path: Any, learner: Any, device: torch.device) -> dict[str, Any]:
     loop = checkpoint.load(path, learner, map_location=device)
-    to_cpu = _to_cpu
-    return {"learner": to_cpu(learner.state_dict()), "optimizers": to_cpu(learner.optimizer_state_dict()),
-            "loop": loop}
+    return {"learner": _to_cpu(learner.state_dict()), "optimizers": _to_cpu(learner.optimizer_state_dict()),
+            "rng": checkpoint.rng_state(), "loop": loop}
 
 
 def _to_cpu(value: Any) -> Any:

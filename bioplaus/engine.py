@@ -364,7 +364,7 @@ class _Loop:
         if self.resume:
             loop = distributed.load_checkpoint(self.ckpt_path, self.learner, self.device)
             self.state = LoopState.from_checkpoint(loop, self.ckpt_path)
-            distributed.fork_rng(int(cfg.seed), self.state.global_step)
+            distributed.fork_rng(self.learner, int(cfg.seed), self.state.global_step)
             self.metrics.truncate_after(self.state.epoch)
             self.log(f"resumed from {self.ckpt_path} at epoch {self.state.epoch}")
         else:

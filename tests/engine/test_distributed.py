@@ -72,7 +72,10 @@ def _rank_main(rank: int, world: int, port: int, overrides: list[str], run_dir: 
             return summary
 
         engine._Loop.run = run_and_keep  # this forked process only
-        engine.train(compose(overrides), run_dir=run_dir, quiet=True, validated=True)
+        if overrides[:1] == ["RESUME"]:  # continue run_dir with its saved config
+            engine.resume(run_dir, overrides[1:], quiet=True)
+        else:
+            engine.train(compose(overrides), run_dir=run_dir, quiet=True, validated=True)
     except BaseException:  # reported to the test through the exit code and stderr
         traceback.print_exc()
         code = 1
@@ -213,6 +216,21 @@ def test_hopfield_storage_identical_to_one_process(tmp_path: Path) -> None:
         assert torch.equal(state[key], single[key]), key
     a, b = summary_of(tmp_path / "single"), summary_of(tmp_path / "ddp")
     assert a["monitor"] == b["monitor"] and a[f"test_{a['monitor']}"] == b[f"test_{b['monitor']}"]
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_run_exactly(tmp_path: Path) -> None:
+    overrides = ["learner=backprop", "circuit.hidden=[32]", *BASE]
+    for name in ("full", "cut", "out"):
+        (tmp_path / name).mkdir()
+    _ranks([*overrides, "trainer.epochs=2"], tmp_path / "full" / "run", tmp_path / "out")
+    _ranks(overrides, tmp_path / "cut" / "run", tmp_path / "out")  # stops after epoch 1
+    _ranks(["RESUME", "trainer.epochs=2"], tmp_path / "cut" / "run", tmp_path / "out")
+    full, cut = (torch.load(tmp_path / n / "run" / "checkpoints" / "last.pt", weights_only=False)
+                 for n in ("full", "cut"))
+    assert cut["loop"]["epoch"] == 2
+    assert _worst_relative(full["learner"], cut["learner"]) == 0.0
+    assert summary_of(tmp_path / "cut" / "run")["processes"] == 2
 
 
 @pytest.mark.slow
