@@ -48,7 +48,7 @@ def shown(cmd: list[str]) -> str:
     return text.replace(f"{sys.executable} -m bioplaus", "bioplaus")
 
 
-def measure(processes: int, root: Path, index: int) -> dict:
+def measure(processes: int, root: Path, index: int, commit: str) -> dict:
     run_dir = root / f"p{processes}_{index}"
     cmd = command(processes, run_dir)
     load = os.getloadavg()[0]
@@ -59,7 +59,7 @@ def measure(processes: int, root: Path, index: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"processes": processes, "samples_per_second": summary["samples_per_second"],
             "train_seconds": summary["train_seconds"], "test_accuracy": summary["test_accuracy"],
-            "load_1min": round(load, 2), "command": shown(cmd), "commit": code_version(REPO)}
+            "load_1min": round(load, 2), "command": shown(cmd), "commit": commit}
 
 
 def write_markdown(path: Path, payload: dict) -> None:
@@ -98,16 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    commit = code_version(REPO)  # the code measured (read before the runs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for processes in (1, 2):
-                rows.append(measure(processes, Path(tmp), i))
+                rows.append(measure(processes, Path(tmp), i, commit))
                 print(json.dumps(rows[-1]), flush=True)
     median = {p: statistics.median(r["samples_per_second"] for r in rows if r["processes"] == p)
               for p in (1, 2)}
     payload = {"machine": machine_description(torch.device("cpu")), "torch": torch.__version__,
-               "cores": os.cpu_count(), "commit": code_version(REPO), "repeats": args.repeats,
+               "cores": os.cpu_count(), "commit": commit, "repeats": args.repeats,
                "date": dt.date.today().isoformat(), "median_ratio_2_over_1": median[2] / median[1],
                "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -220,10 +220,17 @@ def _average_gradients(optimizers: Iterable[torch.optim.Optimizer]) -> None:
     the same ``.grad`` stay right. A step pre-hook then averages any gradient that did not come from
     ``backward`` (assigned to ``.grad`` by hand) right before ``optimizer.step()``.
     """
+    import torch.distributed as dist
+
     reduced: set[int] = set()
 
     def after_backward(p: Tensor) -> None:
-        _all_reduce_([p.grad], average=True)
+        grad = p.grad
+        if grad.is_contiguous():
+            dist.all_reduce(grad)
+            grad.div_(dist.get_world_size())
+        else:
+            _all_reduce_([grad], average=True)
         reduced.add(id(p))
 
     def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
