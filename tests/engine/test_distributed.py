@@ -291,6 +291,22 @@ def _children_ranks(pid: int) -> dict[int, int]:
 
 
 @pytest.mark.slow
+def test_torchrun_cli_run_writes_one_folder_and_prints_it_once(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(_torchrun("run", "learner=backprop", "circuit.hidden=[32]", *BASE,
+                                      f"paths.runs={runs}"),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = list(runs.rglob("config.yaml"))
+    assert len(folders) == 1  # the default dated folder, claimed by rank 0 alone
+    run_dir = folders[0].parent
+    assert result.stdout.count(str(run_dir)) == 1 + result.stdout.count(f"run dir {run_dir}")
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    assert summary_of(run_dir)["processes"] == 2
+
+
+@pytest.mark.slow
 def test_sigkill_of_one_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["run", "learner=backprop", "circuit.hidden=[256,256]", "trainer.epochs=200",
