@@ -206,6 +206,13 @@ def test_noprop_prototypes_identical_on_both_ranks(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_hebbian_weights_identical_on_both_ranks(tmp_path: Path) -> None:
+    # the Hebbian weights have no optimiser: their per-shard updates are averaged after each step
+    _ranks_agree(tmp_path, ["learner=hebbian", "circuit.hidden=[64]", *BASE])
+    assert summary_of(tmp_path / "ddp")["status"] == "completed"
+
+
+@pytest.mark.slow
 def test_hopfield_storage_identical_to_one_process(tmp_path: Path) -> None:
     overrides = ["learner=hopfield", "trainer.batch_size=5", "plots=false", "trainer.progress=none",
                  "threads=1"]
