@@ -157,8 +157,10 @@ def graph_mode(mode: str) -> str:
 
 def prepare(learner: torch.nn.Module, seed: int) -> None:
     """Make ``learner`` one replica of a data-parallel job: weights and buffers broadcast from rank 0,
-    gradient averaging before every optimiser step, state synchronised after every ``train_step``,
-    and this rank's own random stream. A no-op in a single process."""
+    the gradients of its optimisers averaged over the ranks (`_average_gradients`), state
+    synchronised after every ``train_step``, and this rank's own random stream. A rule fed the
+    global batch (``distributed_batches="global"``) gets only the broadcast. A no-op in a single
+    process."""
     if not active() or getattr(learner, "_distributed_ready", False):
         return
     broadcast_state(learner)
