@@ -75,6 +75,14 @@ def _resume_dir(overrides: list[str]) -> str | None:
     return None
 
 
+def _print_run_dir(run_dir: str) -> None:
+    """The last line of a run: its folder (once per job: rank 0 of a torchrun job prints it)."""
+    from bioplaus.distributed import is_writer
+
+    if is_writer():
+        print(run_dir, flush=True)
+
+
 def _resume(run_dir: str, overrides: list[str]) -> None:
     """`bioplaus run trainer.resume=DIR [key=value...]`: continue DIR with its saved config."""
     from bioplaus.engine import resume
@@ -87,7 +95,7 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
         print(f"bioplaus: {e}", file=sys.stderr)
         print(e.run_dir or run_dir, flush=True)
         sys.exit(1)
-    print(summary["run_dir"], flush=True)
+    _print_run_dir(summary["run_dir"])
 
 
 def _pinned_dir(overrides: list[str]) -> tuple[str | None, bool]:
@@ -118,7 +126,7 @@ def _run_once(overrides: list[str], pinned: str | None) -> None:
         print(f"bioplaus: {e}", file=sys.stderr)
         print(e.run_dir, flush=True)
         sys.exit(1)
-    print(summary["run_dir"], flush=True)
+    _print_run_dir(summary["run_dir"])
 
 
 #: (the runs root or pinned folder, the outermost folder a Hydra-launched run would create):

@@ -169,6 +169,11 @@ class Learner(nn.Module):
     #: whether the circuit should end in a head mapping to the C classes; rules that read classes
     #: out with parameters of their own (projections, goodness) train headless circuits
     circuit_head: ClassVar[bool] = True
+    #: how a data-parallel (torchrun) job feeds each global batch to this rule's `train_step`
+    #: (`bioplaus.distributed`): ``shard`` — every process its equal share, gradients averaged;
+    #: ``global`` — every process the whole batch, the same update computed on each (storage
+    #: rules whose state grows or is a running sum)
+    distributed_batches: ClassVar[Literal["shard", "global"]] = "shard"
 
     def __init__(self, circuit: Circuit, task: Task, **options: Any) -> None:
         super().__init__()

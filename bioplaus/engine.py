@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bioplaus import checkpoint, plots, registry
+from bioplaus import checkpoint, distributed, plots, registry
 from bioplaus import config as config_module
 from bioplaus.core import Circuit, Learner, StepMetrics
 from bioplaus.data import DataSplits, load, train_batches
@@ -82,7 +82,7 @@ def build(cfg: Any, data: DataSplits | None = None) -> tuple[DataSplits, Circuit
 
 def _build(cfg: Any, data: DataSplits | None) -> tuple[DataSplits, Circuit, Learner]:
     """`build` of a validated config."""
-    device = resolve_device(str(cfg.device))
+    device = distributed.setup(resolve_device(str(cfg.device)))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(int(cfg.seed))
@@ -92,12 +92,14 @@ def _build(cfg: Any, data: DataSplits | None) -> tuple[DataSplits, Circuit, Lear
         raise UsageError(f"the data given live on {data.device} but device={cfg.device}.")
     learner_cls = registry.get_learner(str(cfg.learner.name))
     circuit_cls = registry.get_circuit(str(cfg.circuit.name))
+    distributed.check_batch(int(cfg.trainer.batch_size), learner_cls.distributed_batches)
     if data.task.kind not in learner_cls.task_kinds:
         raise UsageError(f"learner '{learner_cls.name}' handles {', '.join(learner_cls.task_kinds)} "
                          f"tasks; data '{data.name}' is a {data.task.kind} task.")
     circuit = circuit_cls(data.task, head=learner_cls.circuit_head, **_kwargs(cfg.circuit))
-    learner = learner_cls(circuit.to(device), data.task, **_kwargs(cfg.learner))
-    return data, circuit, learner.to(device)
+    learner = learner_cls(circuit.to(device), data.task, **_kwargs(cfg.learner)).to(device)
+    distributed.prepare(learner, int(cfg.seed))  # one replica of a torchrun job; no-op otherwise
+    return data, circuit, learner
 
 
 def evaluate(learner: Learner, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
@@ -179,18 +181,30 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, data: DataSplits | Non
     except UsageError:
         raise
     except Exception as error:  # a bug in a rule or circuit constructor: a failed run, not bad input
+        if not distributed.is_writer():
+            raise RunFailed(f"run {STATUS_FAILED}: {type(error).__name__}: {error}",
+                            status=STATUS_FAILED) from error
         run_path = _claim(cfg, run_dir, data, unique_run_dir, resume)
         OmegaConf.save(cfg, run_path / "config.yaml", resolve=True)
         _record_failure(cfg, run_path, error, quiet)
     checkpoint.check_batch_fits(built[0].train_x.shape[0], int(cfg.trainer.batch_size))
-    run_path = _claim(cfg, run_dir, data, unique_run_dir, resume)
-    OmegaConf.save(cfg, run_path / "config.yaml", resolve=True)
+    run_path = distributed.from_writer(  # rank 0 claims the folder; every rank learns its path
+        lambda: _claim_and_save(cfg, run_dir, data, unique_run_dir, resume))
     try:
         return _Loop(cfg, run_path, built, quiet=quiet, resume=bool(resume)).run()
     except UsageError:
-        if not resume:  # the folder this run claimed holds nothing worth keeping
+        if not resume and distributed.is_writer():  # the folder this run claimed holds nothing worth keeping
             shutil.rmtree(run_path, ignore_errors=True)
         raise
+
+
+def _claim_and_save(cfg: Any, run_dir: str | Path | None, data: DataSplits | None, unique: bool,
+                    resume: Any) -> Path:
+    from omegaconf import OmegaConf
+
+    run_path = _claim(cfg, run_dir, data, unique, resume)
+    OmegaConf.save(cfg, run_path / "config.yaml", resolve=True)
+    return run_path
 
 
 def _claim(cfg: Any, run_dir: str | Path | None, data: DataSplits | None, unique: bool,
@@ -289,9 +303,10 @@ class _Loop:
         self.cfg, self.run_dir = cfg, run_dir
         self.data, self.circuit, self.learner = built
         self.device = self.data.device
-        self.log = RunLog(run_dir, quiet=quiet)
-        self.metrics = MetricsFile(run_dir)
-        self.progress = Progress("none" if quiet else str(cfg.trainer.progress))
+        self.writer = distributed.is_writer()  # rank 0 of a torchrun job alone writes files
+        self.log = RunLog(run_dir, quiet=quiet) if self.writer else distributed.NullLog()
+        self.metrics = MetricsFile(run_dir) if self.writer else distributed.NullMetrics()
+        self.progress = Progress("none" if quiet or not self.writer else str(cfg.trainer.progress))
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.best_path = run_dir / "checkpoints" / "best.pt"
         self.select_best = str(cfg.trainer.get("select", "last")) == "best_val"
@@ -300,7 +315,8 @@ class _Loop:
         self.resume = resume
         self.monitor, self.monitor_mode = monitored(cfg, self.learner)
         self.loss_metric = self.learner.loss_metric
-        self.runner = StepRunner(self.learner, self.device, str(cfg.runtime.cuda_graphs),
+        self.runner = StepRunner(self.learner, self.device,
+                                 distributed.graph_mode(str(cfg.runtime.cuda_graphs)),
                                  int(cfg.runtime.warmup_steps), self.log)
         self.wandb: WandbLogger | None = None
         self.state = LoopState()
@@ -330,9 +346,13 @@ class _Loop:
         except Exception as e:  # a bug in a rule or circuit: the run failed, with its traceback
             status, reason = STATUS_FAILED, f"{type(e).__name__}: {e}"
             self.log(f"run failed: {reason}")
-            _append_traceback(self.run_dir, e)
+            distributed.record_failure(reason)
+            if self.writer:
+                _append_traceback(self.run_dir, e)
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if status != STATUS_COMPLETED and (peer := distributed.peer_failure()):
+            reason = f"{peer} (here: {reason})"
         test = self._test() if status == STATUS_COMPLETED else {}
         return self._finish(status, reason, test)
 
@@ -342,8 +362,9 @@ class _Loop:
 
         cfg = self.cfg
         if self.resume:
-            loop = checkpoint.load(self.ckpt_path, self.learner, map_location=self.device)
+            loop = distributed.load_checkpoint(self.ckpt_path, self.learner, self.device)
             self.state = LoopState.from_checkpoint(loop, self.ckpt_path)
+            distributed.fork_rng(self.learner, int(cfg.seed), self.state.global_step)
             self.metrics.truncate_after(self.state.epoch)
             self.log(f"resumed from {self.ckpt_path} at epoch {self.state.epoch}")
         else:
@@ -351,7 +372,7 @@ class _Loop:
         self.log(f"{cfg.learner.name} on {cfg.circuit.name} / {cfg.data.name}: "
                  f"{self.data.train_x.shape[0]} train, {self.data.val_x.shape[0]} val, "
                  f"{self.data.test_x.shape[0]} test; device {self.device}; run dir {self.run_dir}")
-        if cfg.logger.name == "wandb":
+        if cfg.logger.name == "wandb" and self.writer:
             self.wandb = WandbLogger(cfg.logger, self.run_dir,
                                      OmegaConf.to_container(cfg, resolve=True), self.log)
 
@@ -364,8 +385,8 @@ class _Loop:
             apply_schedule(self.learner.optimizers.values(), lr_factor(self.lr_schedule, epoch, self.epochs))
 
     def _evaluate_val(self) -> dict[str, float]:
-        val = _prefixed("val", self.learner.evaluate(
-            self.data.val_x, self.data.val_y, int(self.cfg.trainer.eval_batch_size)))
+        val = _prefixed("val", distributed.evaluate(
+            self.learner, self.data.val_x, self.data.val_y, int(self.cfg.trainer.eval_batch_size)))
         if f"val_{self.monitor}" not in val:
             raise UsageError(f"trainer.monitor={self.monitor}: the learner reports no such "
                              f"metric. It reports: {', '.join(k[4:] for k in val)}.")
@@ -380,7 +401,7 @@ class _Loop:
         improved = best is None or (value > best if self.monitor_mode == "max" else value < best)
         if improved:
             state.best_val, state.epochs_since_best, state.best_epoch = value, 0, epoch
-            if self.select_best:
+            if self.select_best and self.writer:
                 checkpoint.save_weights(self.best_path, self.learner)
         else:
             state.epochs_since_best += 1
@@ -404,19 +425,26 @@ class _Loop:
         return False
 
     def _save(self) -> None:
-        if self.cfg.trainer.checkpoint:
+        if self.cfg.trainer.checkpoint and self.writer:
             checkpoint.save(self.ckpt_path, self.learner, asdict(self.state))
 
     def _test(self) -> dict[str, float]:
-        if self.select_best and self.best_path.exists():
-            checkpoint.load_weights(self.best_path, self.learner, map_location=self.device)
+        if self.select_best and distributed.from_writer(self.best_path.exists):
+            if self.writer:
+                checkpoint.load_weights(self.best_path, self.learner, map_location=self.device)
+            distributed.broadcast_state(self.learner)
             self.log(f"testing the weights of epoch {self.state.best_epoch} (best validation "
                      f"{self.monitor})")
-        return self.learner.evaluate(self.data.test_x, self.data.test_y,
+        return distributed.evaluate(self.learner, self.data.test_x, self.data.test_y,
                                      int(self.cfg.trainer.eval_batch_size))
 
     def _finish(self, status: str, reason: str | None, test: dict[str, float]) -> dict[str, Any]:
         summary = self._summary(status, reason, test)
+        if not self.writer:  # another rank of a torchrun job: rank 0 writes
+            if status != STATUS_COMPLETED:
+                raise RunFailed(f"run {status} (rank {distributed.rank()}): {reason}", status=status,
+                                run_dir=str(self.run_dir))
+            return summary
         if status == STATUS_COMPLETED:
             summary.update(self.learner.report(self.run_dir, summary))
         write_json(self.run_dir / "summary.json", summary)
@@ -457,7 +485,9 @@ class _Loop:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         try:
-            for step, (xb, yb) in enumerate(train_batches(x, y, batch_size, self._epoch_generator(epoch)), 1):
+            batches = distributed.shard(train_batches(x, y, batch_size, self._epoch_generator(epoch)),
+                                        self.learner.distributed_batches)
+            for step, (xb, yb) in enumerate(batches, 1):
                 out = self.runner.step(xb, yb)
                 sums.add(out)
                 self.state.global_step += 1
@@ -466,15 +496,16 @@ class _Loop:
                 self.progress.advance()
                 if self.loss_metric is not None:
                     if self.state.reference_loss is None:
-                        self.state.reference_loss = float(out[self.loss_metric])
+                        self.state.reference_loss = distributed.mean_float(out[self.loss_metric])
                     if step % check_every == 0:
-                        self._check_divergence(float(out[self.loss_metric]), epoch, step)
+                        self._check_divergence(distributed.mean_float(out[self.loss_metric]), epoch, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         finally:
             self.state.train_seconds += time.perf_counter() - start
             self.progress.end_epoch()
         self.state.samples_seen += steps * batch_size
+        sums.sums = distributed.mean_sums(sums.sums)  # the same means on every rank
         means = sums.means()
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
@@ -527,6 +558,7 @@ class _Loop:
             "train_examples": int(self.data.train_x.shape[0]),
             "input_shape": list(self.data.task.input_shape),
             "torch": torch.__version__,
+            "processes": distributed.world_size(),
             "run_dir": str(self.run_dir),
         }
         summary.update(_prefixed("test", test))

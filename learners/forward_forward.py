@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
+from bioplaus.distributed import batch_mean
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
@@ -325,7 +326,7 @@ class ForwardForward(Learner):
                 separation = (g_pos > g_neg).float().mean()
             if self.peer_norm > 0:
                 buf = getattr(self, f"peer_mean_{i}")
-                running = self.peer_momentum * buf + (1.0 - self.peer_momentum) * a.mean(dim=0)
+                running = self.peer_momentum * buf + (1.0 - self.peer_momentum) * batch_mean(a)
                 peer_total = peer_total + peer_penalty(running)
                 buf.copy_(running.detach())
         loss = ff_total + self.peer_norm * peer_total

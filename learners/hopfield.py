@@ -90,6 +90,7 @@ class HopfieldLearner(Learner):
     name = "hopfield"
     circuits = ("hopfield", "dense_hebbian")
     task_kinds = ("memory",)
+    distributed_batches = "global"  # storage sums: every process stores the whole batch
     monitor = ("overlap", "max")
     loss_metric = None
     circuit_head = False

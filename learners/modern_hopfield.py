@@ -43,6 +43,7 @@ class ModernHopfieldLearner(Learner):
     name = "modern_hopfield"
     circuits = ("modern_hopfield",)
     task_kinds = ("memory",)
+    distributed_batches = "global"  # the stored patterns grow: every process stores the whole batch
     monitor = ("overlap", "max")
     loss_metric = None
     circuit_head = False

@@ -119,6 +119,7 @@ from pydantic import model_validator
 from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
+from bioplaus.distributed import global_sum
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
 from bioplaus.optim import make_optimizer
@@ -338,8 +339,8 @@ class NoProp(Learner):
         """Fill the prototype of every class seen for the first time with its mean image in the batch."""
         classes = torch.arange(self.task.num_classes, device=y.device)
         hits = (y.unsqueeze(1) == classes).to(x.dtype)
-        counts = hits.sum(0)
-        means = hits.t() @ x.flatten(1) / counts.clamp_min(1.0).unsqueeze(1)
+        counts = global_sum(hits.sum(0))  # over the global batch of a torchrun job
+        means = global_sum(hits.t() @ x.flatten(1)) / counts.clamp_min(1.0).unsqueeze(1)
         fill = (~self.prototype_ready) & (counts > 0)
         means = means.to(self.embeddings.dtype)
         self.embeddings.copy_(torch.where(fill.unsqueeze(1), means, self.embeddings))
