@@ -146,15 +146,15 @@ def render(path: Path, payload: dict[str, Any]) -> None:
         f"side, hold; the absolute times are slower than an idle machine's). Batch "
         f"{payload['batch_size']}, sparse layers {payload['sparse_layers']} "
         f"({100 * payload['sparsity']:.1f} % of their entries masked).")
-    lines += ["| what | ms per call | per training step (ms) | ÷ dense train_step |", "|---|---|---|---|"]
+    lines += ["| what | ms per call | per training step (ms) | ÷ dense train_step | same, round by round: "
+              "median (min–max) |", "|---|---|---|---|---|"]
+    dense_rounds = payload["ms_all"]["train_step dense"]
     for name, value in ms.items():
-        if name.startswith("DST rewiring"):
-            per_step = value / every
-        elif name.startswith("evaluate"):
-            per_step = value / steps_per_epoch  # once per epoch
-        else:
-            per_step = value
-        lines.append(f"| {name} | {value:.2f} | {per_step:.3f} | {per_step / dense:.3f} |")
+        scale = every if name.startswith("DST rewiring") else (
+            steps_per_epoch if name.startswith("evaluate") else 1)  # evaluation: once per epoch
+        paired = [v / scale / d for v, d in zip(payload["ms_all"][name], dense_rounds, strict=True)]
+        lines.append(f"| {name} | {value:.2f} | {value / scale:.3f} | {value / scale / dense:.3f} "
+                     f"| {statistics.median(paired):.3f} ({min(paired):.3f}–{max(paired):.3f}) |")
     lines += ["", f"Per training step: rewiring every {every} steps, evaluation of "
               f"{payload['val_examples']} validation examples once per epoch of {steps_per_epoch} steps "
               "(evaluation is not in a run's `train s`)."]
