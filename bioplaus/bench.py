@@ -239,6 +239,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
                               for k, v in row["other_readouts"].items())
             lines.append(f"- {row['experiment']}: {shown}")
     lines += _provenance(payload["rows"])
+    for note in payload.get("notes", []):  # paragraphs kept in OUT/NAME.json across calls
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
 
 

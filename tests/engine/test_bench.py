@@ -119,3 +119,27 @@ def test_a_second_bench_refuses_to_time_while_one_holds_the_lock(tmp_path: Path)
     # the OS released the lock with the killed holder: the lock is free again
     with open(lock, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_markdown_lists_each_rows_provenance_and_keeps_notes(tmp_path: Path) -> None:
+    from bioplaus.bench import write_markdown
+
+    row = {"experiment": "e", "learner": "backprop", "circuit": "mlp 64-16", "seeds": [0, 1],
+           "test_accuracy_mean": 0.5, "test_accuracy_std": 0.1, "epochs": 1, "batch_size": 8,
+           "train_seconds_mean": 2.0, "samples_per_second_mean": 4.0, "peak_memory_bytes_max": 2**20,
+           "load_average": 1.5, "load_before": [1.0, 1.2], "load_after": [1.5, 1.1], "device": "cuda:0",
+           "captured": [True, False], "machine": "m", "torch": "t", "paper": "", "other_readouts": {},
+           "commit": "abc1234", "command": "bioplaus bench e",
+           "kept_runs": ["runs/x/e/seed0", "runs/x/e/seed1"]}
+    old = {**row, "experiment": "old", "device": "cpu"}
+    for key in ("commit", "command", "kept_runs", "captured", "load_before", "load_after"):
+        del old[key]
+    write_markdown(tmp_path / "x.md", {"title": "T", "machine": "m", "updated": "d", "rows": [row, old],
+                                       "notes": ["A note kept across calls."]})
+    text = (tmp_path / "x.md").read_text()
+    assert "| e | backprop | mlp 64-16 | 50.00 ± 10.00 |" in text
+    assert "| cuda, eager | m, torch t | abc1234 |" in text  # one of its runs was not captured
+    assert ("- e: `bioplaus bench e` (commit abc1234; load before→after each run 1.0→1.5, 1.2→1.1); "
+            "runs `runs/x/e/seed0`, `runs/x/e/seed1`") in text
+    assert "- old: no command recorded" in text and "| cpu | m, torch t | — |" in text
+    assert text.rstrip().endswith("A note kept across calls.")
