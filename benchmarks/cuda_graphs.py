@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 import bioplaus
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import KEPT_FILES, code_version, markdown_header, save_results, timing_lock
 from bioplaus.tracking import machine_description
 
 HERE = Path(__file__).resolve().parent
@@ -42,12 +45,21 @@ def measure(name: str, mode: str, epochs: int, overrides: list[str], runs: Path)
     cfg = bioplaus.compose([f"experiment={name}", "device=cuda", f"runtime.cuda_graphs={mode}",
                             f"trainer.epochs={epochs}", "trainer.select=last", f"paths.runs={runs}",
                             "trainer.progress=none", *overrides])
+    load_before = os.getloadavg()[0]
     summary = bioplaus.train(cfg, quiet=True)
-    if summary["cuda_graphs"] != (mode == "on"):
+    if summary["captured"] != (mode == "on"):
         raise SystemExit(f"{name}: runtime.cuda_graphs={mode} but the run reports "
-                         f"cuda_graphs={summary['cuda_graphs']}")
+                         f"captured={summary['captured']}")
+    kept = HERE / "results" / "runs" / "cuda_graphs" / name / mode
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for file in KEPT_FILES:
+        shutil.copy2(Path(summary["run_dir"]) / file, kept / file)
     return {"epoch_seconds": last_epoch_seconds(summary["run_dir"]),
-            "test_accuracy": summary["test_accuracy"],
+            "test_accuracy": summary["test_accuracy"], "captured": summary["captured"],
+            "peak_memory_bytes": summary["peak_memory_bytes"],
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+            "kept_run": kept.relative_to(HERE / "results").as_posix(),
             "batches_per_epoch": summary["train_examples"] // int(cfg.trainer.batch_size)}
 
 
@@ -57,7 +69,9 @@ def write_markdown(path: Path, payload: dict) -> None:
             "Eager vs CUDA-graph training steps", payload,
             f"Each preset ran {payload['epochs']} epochs per mode; the time is the last epoch's training "
             "time (no evaluation, no warm-up, no capture). Test accuracy after those epochs only checks "
-            "that both modes learn alike."),
+            "that both modes learn alike. `graphed` runs used `runtime.cuda_graphs=on` and report "
+            "`captured: true` in their summary.json (kept with metrics.jsonl under `runs/cuda_graphs/`); "
+            "each row's commit and command follow the table."),
         "| experiment | batches/epoch | eager s/epoch | graphed s/epoch | speed-up | eager ms/step "
         "| graphed ms/step | test acc. eager | test acc. graphed |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -69,6 +83,10 @@ def write_markdown(path: Path, payload: dict) -> None:
             f"| {1000 * eager / n:.2f} | {1000 * graphed / n:.2f} "
             f"| {100 * row['off']['test_accuracy']:.2f} | {100 * row['on']['test_accuracy']:.2f} |"
         )
+    lines += ["", "Commands:", ""]
+    lines += [f"- {row['experiment']}: `{row.get('command', '?')}` (commit {row.get('commit', '?')}; "
+              f"load {row['off'].get('load_before', '?')}→{row['on'].get('load_after', '?')})"
+              for row in payload["rows"]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -85,13 +103,16 @@ def main(argv: list[str] | None = None) -> None:
 
     out_json = HERE / "results" / "cuda_graphs.json"
     payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
-    for name in args.experiments:
-        off = measure(name, "off", args.epochs, args.override, args.runs)
-        on = measure(name, "on", args.epochs, args.override, args.runs)
-        row = {"experiment": name, "batches_per_epoch": on.pop("batches_per_epoch"),
-               "off": {k: v for k, v in off.items() if k != "batches_per_epoch"}, "on": on}
-        payload["rows"] = [r for r in payload["rows"] if r["experiment"] != name] + [row]
-        print(json.dumps(row), file=sys.stderr)
+    command = shlex.join(["python", "benchmarks/cuda_graphs.py", *(sys.argv[1:] if argv is None else argv)])
+    with timing_lock(command):  # no other benchmark times runs on this machine meanwhile
+        for name in args.experiments:
+            off = measure(name, "off", args.epochs, args.override, args.runs)
+            on = measure(name, "on", args.epochs, args.override, args.runs)
+            row = {"experiment": name, "batches_per_epoch": on.pop("batches_per_epoch"),
+                   "off": {k: v for k, v in off.items() if k != "batches_per_epoch"}, "on": on,
+                   "commit": code_version(), "command": command}
+            payload["rows"] = [r for r in payload["rows"] if r["experiment"] != name] + [row]
+            print(json.dumps(row), file=sys.stderr)
     payload.update(machine=machine_description(torch.device("cuda")), torch=torch.__version__,
                    epochs=args.epochs, updated=dt.date.today().isoformat())
     print(save_results(out_json, payload, write_markdown))

@@ -26,6 +26,8 @@ DEFAULT_EXPERIMENTS = ["fmnist_bp_mlp", "fmnist_mf_mlp", "fmnist_ff_mlp"]
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--override"]
     try:
-        print(main(args, DEFAULT_EXPERIMENTS, out=HERE / "results", name="fmnist_mlp"))
+        print(main(args, DEFAULT_EXPERIMENTS, out=HERE / "results", name="fmnist_mlp",
+                   prog="python benchmarks/fmnist_mlp.py"))
     except UsageError as e:
-        sys.exit(f"fmnist_mlp.py: error: {e}")
+        print(f"fmnist_mlp.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

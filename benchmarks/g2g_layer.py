@@ -25,7 +25,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bioplaus.bench import code_version
 from bioplaus.circuits.g2g import (
     block_linear,
     contiguous_groups,
@@ -108,6 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load_before = round(os.getloadavg()[0], 2)
     rows = []
     for batch, n_in, n_out in SHAPES:
         samples = timed(variants(batch, n_in, n_out, args.groups, args.p_between, device),
@@ -127,7 +131,8 @@ def main() -> None:
         "device": str(device), "threads": torch.get_num_threads(),
         "machine": machine_description(device), "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2), "load_before": load_before,
+        "commit": code_version(), "command": shlex.join(["python", "benchmarks/g2g_layer.py", *sys.argv[1:]]),
         "rows": rows,
     }
     out = Path(args.out)
@@ -139,8 +144,9 @@ def main() -> None:
         "",
         f"Machine: {payload['machine']} (device {payload['device']}); torch {payload['torch']}; "
         f"G = {args.groups}, p′ = {args.p_between} (block: p′ = 0); median of {args.repeats}; "
-        f"{payload['date']}; 1-minute load average {payload['load_average_1min']} (other jobs share "
-        f"the machine: rounds interleave the variants). Command: `python benchmarks/g2g_layer.py`.",
+        f"{payload['date']}; 1-minute load average {payload['load_before']} before, "
+        f"{payload['load_average_1min']} after (other jobs share the machine: rounds interleave the "
+        f"variants). Command: `{payload['command']}` (commit {payload['commit']}).",
         "",
         "Cells: median ms (min ms; median ÷ dense median).",
         "",

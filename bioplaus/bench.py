@@ -12,17 +12,27 @@ time, on different machines:
     bioplaus bench fmnist_noprop_dt fmnist_bp_cnn --name fmnist_local device=cuda
     bioplaus bench --name fmnist_g2g --no-run --baseline fmnist_mlp:fmnist_bp_mlp
 
-Every experiment and override is checked before the first run (bad input exits 2).
+Every experiment and override is checked before the first run (bad input exits 2). Each run is
+timed in a process of its own (its peak memory is that run's alone), while this process holds the
+machine's benchmark lock (`timing_lock`): a second `bench` started meanwhile exits 2 naming the
+holder. Every row records the commit (`code_version`), the exact command, the load average before
+and after each run, whether a GPU step was captured as a CUDA graph, and keeps each run's
+``summary.json``, ``metrics.jsonl`` and ``config.yaml`` under ``OUT/runs/NAME/EXPERIMENT/seedS/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +51,83 @@ def describe_circuit(circuit: Any, input_shape: list[int]) -> str:
     return cls.describe(cls.Options.parse(f"circuit '{circuit.name}'", circuit), tuple(input_shape))
 
 
+LOCK_ENV = "BIOPLAUS_BENCH_LOCK"
+KEPT_FILES = ("summary.json", "metrics.jsonl", "config.yaml")  # small: no checkpoints
+
+
+def lock_path() -> Path:
+    """The machine's benchmark lock file: ``$BIOPLAUS_BENCH_LOCK``, else ``bioplaus-bench.lock`` in
+    the temporary folder (tests point the variable at their own folder to run in parallel)."""
+    return Path(os.environ.get(LOCK_ENV) or Path(tempfile.gettempdir()) / "bioplaus-bench.lock")
+
+
+@contextlib.contextmanager
+def timing_lock(command: str) -> Iterator[Path]:
+    """Hold the benchmark lock (an OS lock, ``fcntl.flock``, released when the process ends however
+    it ends) while timing; `UsageError` naming the holder when another process holds it. The file
+    names the holder: its pid, start time and command."""
+    import fcntl
+
+    path = lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (closed below)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that has not named itself yet"
+        handle.close()
+        raise UsageError(f"another benchmark is timing runs on this machine ({holder}); runs timed side "
+                         f"by side slow each other down. Wait for it to finish (lock {path}; "
+                         f"{LOCK_ENV}=FILE chooses another lock).") from None
+    try:
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}: "
+                     f"{command}\n")
+        handle.flush()
+        yield path
+    finally:
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_command(name: str, seed: int, overrides: list[str]) -> str:
+    """The `bioplaus run` command line that repeats one benchmark run."""
+    return shlex.join(["bioplaus", "run", f"experiment={name}", f"seed={seed}", *overrides])
+
+
 def run_experiment(name: str, seed: int, overrides: list[str], runs: Path) -> dict[str, Any]:
+    """One run of preset ``name`` in a fresh Python process (so that its peak memory is its own),
+    with the load average before and after it; returns the run's summary plus bench fields."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "summary.json"
+        load_before = os.getloadavg()[0]
+        child = subprocess.run([sys.executable, "-m", "bioplaus.bench", "--one", name, str(seed),
+                                str(runs), str(result), *overrides], capture_output=True, text=True)
+        load_after = os.getloadavg()[0]
+        sys.stderr.write(child.stdout + child.stderr)
+        if child.returncode != 0 or not result.exists():
+            from bioplaus.errors import RunFailed
+
+            tail = (child.stderr or child.stdout).strip().splitlines()[-3:]
+            raise RunFailed(f"bench run {name} seed {seed} failed (exit {child.returncode}): "
+                            + " / ".join(tail))
+        summary = json.loads(result.read_text())
+    # how busy the machine was: other processes sharing the cores slow the wall-clock figures
+    summary["load_before"], summary["load_after"] = round(load_before, 2), round(load_after, 2)
+    summary["load_average"] = round(max(load_before, load_after), 2)
+    summary["run_command"] = run_command(name, seed, overrides)
+    return summary
+
+
+def _run_here(name: str, seed: int, overrides: list[str], runs: Path) -> dict[str, Any]:
+    """The body of `run_experiment`, in the child process."""
     import bioplaus
 
     cfg = bioplaus.compose([f"experiment={name}", f"seed={seed}", f"paths.runs={runs}",
                             "trainer.progress=lines", *overrides])
-    load_before = os.getloadavg()[0]
     summary = bioplaus.train(cfg)
-    # how busy the machine was: other processes sharing the cores slow the wall-clock figures
-    summary["load_average"] = round(max(load_before, os.getloadavg()[0]), 2)
     summary["circuit_description"] = describe_circuit(cfg.circuit, summary["input_shape"])
     summary["epochs"] = int(cfg.trainer.epochs)
     summary["batch_size"] = int(cfg.trainer.batch_size)
@@ -80,8 +158,12 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "train_seconds_mean": statistics.mean(s["train_seconds"] for s in summaries),
         "samples_per_second_mean": statistics.mean(s["samples_per_second"] for s in summaries),
         "peak_memory_bytes_max": max(s["peak_memory_bytes"] for s in summaries),
+        "peak_memory_kind": first.get("peak_memory_kind", ""),
         "device": first["device"],
+        "captured": [s.get("captured", False) for s in summaries],
         "load_average": max(s.get("load_average", 0.0) for s in summaries),
+        "load_before": [s.get("load_before") for s in summaries],
+        "load_after": [s.get("load_after") for s in summaries],
         "machine": first["machine"],
         "torch": first["torch"],
         "paper": first.get("published", ""),
@@ -89,7 +171,23 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
                            if k.startswith(f"test_{metric}_") and isinstance(v, float)},
         "overrides": first["overrides"],
         "run_dirs": [s["run_dir"] for s in summaries],
+        "run_commands": [s.get("run_command", "") for s in summaries],
     }
+
+
+def keep_runs(row: dict[str, Any], out: Path, name: str) -> None:
+    """Copy the small files of each run of ``row`` to ``out/runs/NAME/EXPERIMENT/seedS/`` (replacing
+    an earlier row's) and record those folders, relative to ``out``, in ``row['kept_runs']``."""
+    folder = out / "runs" / name / row["experiment"]
+    shutil.rmtree(folder, ignore_errors=True)
+    row["kept_runs"] = []
+    for seed, run_dir in zip(row["seeds"], row["run_dirs"], strict=True):
+        kept = folder / f"seed{seed}"
+        kept.mkdir(parents=True)
+        for file in KEPT_FILES:
+            if (Path(run_dir) / file).is_file():
+                shutil.copy2(Path(run_dir) / file, kept / file)
+        row["kept_runs"].append(kept.relative_to(out).as_posix())
 
 
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
@@ -102,12 +200,15 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "split (`trainer.select=best_val`). Wall-clock is training time only (no evaluation), summed "
         "over epochs; `load` is the machine's 1-minute load average around the run (above the torch "
         "thread count, other processes shared the cores and the times are slower than an idle "
-        "machine's). `device`: `cpu` rows ran on the CPU named in `machine`, `cuda` rows on the GPU, "
-        "with the training step captured as a CUDA graph.",
+        "machine's). `device`: `cpu` rows ran on the CPU named in `machine`, `cuda` rows on the GPU "
+        "(`graph`: every step captured as a CUDA graph; `eager`: capture off or failed). Peak memory: "
+        "each run timed in a process of its own (CPU: its peak resident set; GPU: peak allocated). "
+        "`commit`: the code that ran; each row's command and kept runs (`summary.json`, "
+        "`metrics.jsonl`, `config.yaml`) are listed below the table.",
         "",
         "| experiment | learner | circuit | test acc. (%) | seeds | epochs | batch | train s | samples/s "
-        "| peak mem (MiB) | load | device | machine, torch | paper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak mem (MiB) | load | device | machine, torch | commit | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["rows"]:
         metric = row.get("metric", "accuracy")
@@ -125,8 +226,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
             f"| {len(row['seeds'])} "
             f"| {row['epochs']} | {row['batch_size']} | {row['train_seconds_mean']:.0f} "
             f"| {row['samples_per_second_mean']:.0f} | {row['peak_memory_bytes_max'] / 2**20:.0f} "
-            f"| {row.get('load_average', '')} | {row['device'].split(':')[0]} "
-            f"| {row['machine']}, torch {row.get('torch', '?')} | {row['paper']} |"
+            f"| {row.get('load_average', '')} | {_device_cell(row)} "
+            f"| {row['machine']}, torch {row.get('torch', '?')} | {row.get('commit', '—')} "
+            f"| {row['paper']} |"
         )
     extra = [r for r in payload["rows"] if r["other_readouts"]]
     if extra:
@@ -136,7 +238,35 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
             shown = ", ".join(f"{k.removeprefix(prefix)} {100 * v:.2f} %"
                               for k, v in row["other_readouts"].items())
             lines.append(f"- {row['experiment']}: {shown}")
+    lines += _provenance(payload["rows"])
+    for note in payload.get("notes", []):  # paragraphs kept in OUT/NAME.json across calls
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _device_cell(row: dict[str, Any]) -> str:
+    kind = row["device"].split(":")[0]
+    if kind != "cuda" or "captured" not in row:
+        return kind
+    return f"cuda, {'graph' if all(row['captured']) else 'eager'}"
+
+
+def _provenance(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each row's command, per-run commands and kept runs."""
+    lines = ["", "Commands and kept runs:", ""]
+    for row in rows:
+        if row.get("from"):
+            lines.append(f"- {row['experiment']}: the row of {row['from']}")
+            continue
+        if not row.get("command"):
+            lines.append(f"- {row['experiment']}: no command recorded (measured before rows kept one)")
+            continue
+        kept = ", ".join(f"`{k}`" for k in row.get("kept_runs", [])) or "none"
+        loads = ", ".join(f"{b}→{a}" for b, a in zip(row.get("load_before", []),
+                                                      row.get("load_after", []), strict=False))
+        lines.append(f"- {row['experiment']}: `{row['command']}` (commit {row.get('commit', '?')}; "
+                     f"load before→after each run {loads}); runs {kept}")
+    return lines
 
 
 def code_version(folder: str | Path | None = None) -> str:
@@ -216,9 +346,30 @@ def _parse(args: list[str], default_experiments: list[str], out: Path) -> dict[s
     return options
 
 
+def time_rows(options: dict[str, Any], command: str) -> list[dict[str, Any]]:
+    """The rows of ``options['experiments']``, each run in its own process; seed by seed, the
+    experiments alternated (so that a change of machine load falls on every row alike)."""
+    commit = code_version()
+    summaries: dict[str, list[dict[str, Any]]] = {e: [] for e in options["experiments"]}
+    for seed in options["seeds"]:
+        for experiment in options["experiments"]:
+            summaries[experiment].append(
+                run_experiment(experiment, seed, options["overrides"], options["runs"]))
+    rows = []
+    for experiment, runs in summaries.items():
+        row = {**aggregate(experiment, runs), "commit": commit, "command": command}
+        keep_runs(row, Path(options["out"]), options["name"])
+        rows.append(row)
+        metric = row.get("metric", "accuracy")
+        shown = ("experiment", f"test_{metric}_mean", "train_seconds_mean")
+        print(json.dumps({k: row[k] for k in shown}), file=sys.stderr, flush=True)
+    return rows
+
+
 def main(args: list[str], default_experiments: list[str] = (), out: Path = Path("benchmarks/results"),
-         name: str | None = None) -> Path:
-    """Run the benchmark that ``args`` names; returns the Markdown file written."""
+         name: str | None = None, prog: str = "bioplaus bench") -> Path:
+    """Run the benchmark that ``args`` names; returns the Markdown file written. ``prog``: how the
+    command was started (recorded with ``args`` in every row)."""
     import torch
 
     import bioplaus
@@ -246,14 +397,11 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
             raise UsageError(f"--baseline {spec}: {source_file} has no row '{experiment}'.")
         baselines.append({**row, "from": f"{stem}.json"})
 
+    command = shlex.join([*shlex.split(prog), *args])
     rows = []
-    for experiment in options["experiments"]:
-        summaries = [run_experiment(experiment, seed, options["overrides"], options["runs"])
-                     for seed in options["seeds"]]
-        rows.append(aggregate(experiment, summaries))
-        metric = rows[-1].get("metric", "accuracy")
-        shown = ("experiment", f"test_{metric}_mean", "train_seconds_mean")
-        print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr, flush=True)
+    if options["experiments"]:
+        with timing_lock(command):
+            rows = time_rows(options, command)
     rows += baselines
     # read the results file only now, so that benchmark processes run side by side keep each other's rows
     payload = json.loads(out_json.read_text()) if out_json.exists() else {"rows": []}
@@ -271,3 +419,8 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         plots.attempt(f"{markdown.with_suffix('.png')}", lambda: plots.draw_bench(
             payload, markdown.with_suffix(".png")), lambda line: print(line, file=sys.stderr))
     return markdown
+
+
+if __name__ == "__main__":  # one benchmark run, in its own process: see `run_experiment`
+    _, _, _name, _seed, _runs, _result, *_overrides = sys.argv
+    Path(_result).write_text(json.dumps(_run_here(_name, int(_seed), _overrides, Path(_runs))))

@@ -323,6 +323,8 @@ class _Loop:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if self.device.type == "cuda":  # this run's peak, not an earlier run's in the same process
+            torch.cuda.reset_peak_memory_stats(self.device)
         self._start_or_resume()
         previous = signal.signal(signal.SIGTERM, _sigterm)
         status, reason = STATUS_COMPLETED, None
@@ -554,6 +556,9 @@ class _Loop:
             "device": str(self.device),
             "machine": machine_description(self.device),
             "cuda_graphs": self.runner.graphed,
+            # the steps really ran as CUDA graphs (`auto` falls back to eager steps when capture fails)
+            "captured": self.runner.captured,
+            "cuda_graph_captures": self.runner.captures,
             "parameters": sum(p.numel() for p in self.learner.parameters()),
             "train_examples": int(self.data.train_x.shape[0]),
             "input_shape": list(self.data.task.input_shape),

@@ -6,7 +6,7 @@ replays it for every later batch, copying each batch into the graph's static inp
 learner whose step structure depends on host-side state (a greedy stage, a new mask pattern)
 returns a different `Learner.capture_key` after ``on_epoch_end``; the runner then captures anew.
 If capture fails the runner says why and runs eagerly (``runtime.cuda_graphs=on`` makes that an
-error instead).
+error instead). `StepRunner.captured` says whether the steps really ran as graphs.
 """
 
 from __future__ import annotations
@@ -29,12 +29,18 @@ class StepRunner:
         self.warmup_steps = max(1, int(warmup_steps))
         self.log = log
         self.graphed = device.type == "cuda" and mode != "off"
+        self.captures = 0  # graphs captured so far (a new one whenever the step's key changes)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._key: Any = None
         self._steps_since_capture = 0
         self._static: tuple[Tensor, Tensor] | None = None
         self._static_out: dict[str, Tensor] = {}
         self._side_stream: torch.cuda.Stream | None = None
+
+    @property
+    def captured(self) -> bool:
+        """True when at least one graph was captured and no capture fell back to eager steps."""
+        return self.graphed and self.captures > 0
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         if not self.graphed:
@@ -81,5 +87,6 @@ class StepRunner:
             self.graphed = False
             return
         self._graph, self._static, self._static_out = graph, (static_x, static_y), out
+        self.captures += 1
         # the captured step has only been recorded: replay it once for this batch
         graph.replay()

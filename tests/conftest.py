@@ -16,6 +16,13 @@ os.environ.setdefault("BIOPLAUS_STRICT_PLOTS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
+def _own_bench_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own `bioplaus bench` lock file, so that tests running in parallel (and a
+    benchmark timing on the same machine) never refuse each other."""
+    monkeypatch.setenv("BIOPLAUS_BENCH_LOCK", str(tmp_path / "bench.lock"))
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seeded, and one CPU thread: the test models are small, and one thread is fastest for them
     and immune to oversubscription when other processes share the cores."""

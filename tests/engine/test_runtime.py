@@ -54,3 +54,36 @@ def test_every_learner_is_captured_and_trains(learner: str, tmp_path) -> None:
     summary = bioplaus.train(cfg, quiet=True)
     assert summary["cuda_graphs"] is True
     assert summary["test_accuracy"] > 0.85
+
+
+@pytest.mark.gpu
+def test_summary_says_whether_the_steps_were_captured(tmp_path, monkeypatch) -> None:
+    """`captured` is true only when the steps really ran as CUDA graphs: under `auto` a step that
+    cannot be captured (here: a host read of its loss) falls back to eager steps, and says so."""
+    from bioplaus import registry
+
+    common = ["learner=backprop", "data=digits", "trainer.epochs=1", "device=cuda"]
+    graphed = bioplaus.train(bioplaus.compose([*common, "runtime.cuda_graphs=on",
+                                               f"paths.runs={tmp_path / 'on'}"]), quiet=True)
+    assert graphed["captured"] is True and graphed["cuda_graph_captures"] >= 1
+    cls = registry.get_learner("backprop")
+    step = cls.train_step
+
+    def syncing_step(self, x, y):
+        out = step(self, x, y)
+        float(out["loss"])  # a host read: not capturable
+        return out
+
+    monkeypatch.setattr(cls, "train_step", syncing_step)
+    fallback = bioplaus.train(bioplaus.compose([*common, "runtime.cuda_graphs=auto",
+                                                f"paths.runs={tmp_path / 'auto'}"]), quiet=True)
+    assert fallback["captured"] is False and fallback["cuda_graph_captures"] == 0
+    assert fallback["test_accuracy"] > 0.5  # it went on eagerly
+
+
+def test_cpu_summary_reports_no_capture(tmp_path) -> None:
+    summary = bioplaus.train(bioplaus.compose(["learner=backprop", "data=digits", "trainer.epochs=1",
+                                               "circuit.hidden=[16]", "threads=1",
+                                               f"paths.runs={tmp_path}"]), quiet=True)
+    assert summary["captured"] is False and summary["cuda_graph_captures"] == 0
+    assert summary["cuda_graphs"] is False
