@@ -136,6 +136,10 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
             shown = ", ".join(f"{k.removeprefix(prefix)} {100 * v:.2f} %"
                               for k, v in row["other_readouts"].items())
             lines.append(f"- {row['experiment']}: {shown}")
+    sourced = [r for r in payload["rows"] if r.get("command")]
+    if sourced:
+        lines += ["", "Commit and command of each row:", ""]
+        lines += [f"- {r['experiment']}: commit {r.get('commit', '?')}, `{r['command']}`" for r in sourced]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -251,6 +255,8 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         summaries = [run_experiment(experiment, seed, options["overrides"], options["runs"])
                      for seed in options["seeds"]]
         rows.append(aggregate(experiment, summaries))
+        # where the row came from: the code's commit and the exact command
+        rows[-1].update(commit=code_version(), command=" ".join(["bioplaus bench", *args]))
         metric = rows[-1].get("metric", "accuracy")
         shown = ("experiment", f"test_{metric}_mean", "train_seconds_mean")
         print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr, flush=True)

@@ -30,9 +30,11 @@ def test_bench_writes_rows_keeps_them_and_copies_baselines(tmp_path: Path) -> No
     assert abs(bp["test_accuracy_mean"] - sum(bp["test_accuracies"]) / 2) < 1e-12
     assert bp["circuit"] == "mlp 64-16" and bp["epochs"] == 2 and bp["overrides"] == ON_DIGITS
     assert bp["machine"] and bp["torch"] and bp["samples_per_second_mean"] > 0
+    assert bp["commit"] and bp["command"].startswith("bioplaus bench fmnist_bp_mlp --seeds 0 1 --name t")
     table = (out / "t.md").read_text()
     assert "| fmnist_bp_mlp | backprop | mlp 64-16 |" in table and "±" in table
     assert "| fmnist_mf_mlp | mono_forward |" in table
+    assert f"- fmnist_bp_mlp: commit {bp['commit']}, `bioplaus bench fmnist_bp_mlp" in table
 
     copy = run_cli("bench", "--no-run", "--name", "u", "--out", str(out), "--baseline", "t:fmnist_bp_mlp")
     assert copy.returncode == 0, copy.stderr
