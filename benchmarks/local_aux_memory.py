@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from bioplaus.bench import markdown_header, save_results
+from bioplaus.bench import code_version, markdown_header, save_results
 from bioplaus.circuits.cnn import CNN
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
@@ -73,7 +74,8 @@ def write_markdown(path: Path, payload: dict) -> None:
             f"Batch {payload['batch']}, input 1×28×28, 10 classes. `saved for backward`: peak bytes of "
             "the distinct storages autograd holds during one step (parameters excluded), the same on "
             "any device; `vs backprop`: the ratio to backprop on the same net. local_aux runs one "
-            "module per block (the head alone last)."),
+            f"module per block (the head alone last). Commit {payload['commit']}. Command: "
+            f"`{payload['command']}`."),
         "| net | learner | modules | saved for backward (MiB) | vs backprop |"
         + (" CUDA step peak (MiB) |" if payload["cuda"] else ""),
         "|---|---|---|---|---|" + ("---|" if payload["cuda"] else ""),
@@ -106,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(json.dumps(row))
     payload = {"machine": machine_description(device), "torch": torch.__version__, "batch": args.batch,
-               "cuda": device.type == "cuda", "updated": dt.date.today().isoformat(), "rows": rows}
+               "cuda": device.type == "cuda", "updated": dt.date.today().isoformat(),
+               "commit": code_version(HERE),
+               "command": " ".join(["python benchmarks/local_aux_memory.py",
+                                    *(argv if argv is not None else sys.argv[1:])]),
+               "rows": rows}
     print(save_results(HERE / "results" / "local_aux_memory.json", payload, write_markdown))
 
 
