@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import statistics
 import sys
 from collections.abc import Callable
@@ -256,7 +257,7 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
                      for seed in options["seeds"]]
         rows.append(aggregate(experiment, summaries))
         # where the row came from: the code's commit and the exact command
-        rows[-1].update(commit=code_version(), command=" ".join(["bioplaus bench", *args]))
+        rows[-1].update(commit=code_version(), command="bioplaus bench " + shlex.join(args))
         metric = rows[-1].get("metric", "accuracy")
         shown = ("experiment", f"test_{metric}_mean", "train_seconds_mean")
         print(json.dumps({k: rows[-1][k] for k in shown}), file=sys.stderr, flush=True)
