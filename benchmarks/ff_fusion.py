@@ -65,6 +65,9 @@ def time_it(fn, z0: torch.Tensor, theta: float, repeats: int) -> float:
 
 
 def main() -> None:
+    sys.path.insert(0, str(HERE))
+    from ff_cost import machine  # the sibling script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
@@ -88,12 +91,13 @@ def main() -> None:
                "command": command}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    payload = {"benchmark": "ff_fusion", "threads": 1, "torch": torch.__version__,
+    payload = {"benchmark": "ff_fusion", "machine": machine(), "threads": 1, "torch": torch.__version__,
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows}
     out = HERE / "results" / "ff_fusion.json"
     out.write_text(json.dumps(payload, indent=1) + "\n")
     lines = ["# Forward-Forward goodness and normalisation: unfused, fused, torch.compile (CPU)", "",
-             f"One torch thread, torch {torch.__version__}, {payload['date']}. Command: `{command}`. "
+             f"Machine: {machine()}, one torch thread, torch {torch.__version__}, {payload['date']}. "
+             f"Command: `{command}`. "
              "Forward + backward of one layer's goodness, loss and next-layer normalisation (the matrix "
              "product excluded); median ms, the three alternated. No GPU on this machine: not measured "
              "there.", "",
