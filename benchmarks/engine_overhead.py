@@ -94,8 +94,13 @@ def run_bare(epochs: int) -> dict:
     return {"process_s": wall, "train_s": row["train_seconds"], "test_accuracy": row["test_accuracy"]}
 
 
+#: ``--malloc-default``: the engine leaves glibc's allocator as the bare loop has it (`bioplaus.allocator`)
+MALLOC_DEFAULT = {"BIOPLAUS_MALLOC": "default"}
+EXTRA_ENV: dict[str, str] = {}
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", **EXTRA_ENV}
 
 
 def main() -> None:
@@ -106,8 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "engine_overhead.json")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="BIOPLAUS_MALLOC=default: the engine leaves the C allocator as it is")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.malloc_default:
+        EXTRA_ENV.update(MALLOC_DEFAULT)
+    name = "engine_overhead_malloc_default" if args.malloc_default else "engine_overhead"
+    args.out = args.out or HERE / "results" / f"{name}.json"
     command = "python benchmarks/engine_overhead.py " + " ".join(sys.argv[1:])
     commit = code_version(REPO)
     rows = []
@@ -120,7 +131,8 @@ def main() -> None:
                        epochs=args.epochs)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    payload = {"benchmark": "engine_overhead", "machine": machine(), "threads": 1, "commit": commit,
+    payload = {"benchmark": "engine_overhead", "env": EXTRA_ENV, "machine": machine(), "threads": 1,
+               "commit": commit,
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
                "rows": rows}
     args.out.write_text(json.dumps(payload, indent=1) + "\n")
@@ -142,7 +154,8 @@ def render(payload: dict) -> str:
     lines = [
         "# Engine overhead: `bioplaus run` beside a bare PyTorch loop", "",
         f"Machine: {payload['machine']}, one torch thread, commit {payload['commit']}, {payload['date']}. "
-        f"Command: `{payload['command']}`. fmnist_bp_mlp (784-1000-1000-10, Adam, batch 128), "
+        f"Command: `{payload['command']}`. Environment: {payload.get('env') or 'as is'}. "
+        "fmnist_bp_mlp (784-1000-1000-10, Adam, batch 128), "
         f"{payload['rows'][0]['epochs']} epochs, runs alternated; 1-minute load at each start: {loads} "
         "(the machine was shared: compare the ratios of neighbouring runs).", "",
         "| | engine (median s) | bare loop (median s) | engine / bare (median of paired ratios) |",
