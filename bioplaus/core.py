@@ -15,7 +15,9 @@ The `train_step` contract (what makes a step capturable as a CUDA graph):
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -196,29 +198,40 @@ class Learner(nn.Module):
         return self.circuit(x)
 
     def predictions(self, x: Tensor) -> dict[str, Tensor]:
-        """Every readout this rule reports, name -> class scores; the first one is the headline."""
+        """Every readout this rule reports, name -> class scores; the first one is the headline.
+
+        A rule whose readouts cost extra passes may take ``readouts`` (a collection of names, ``""``
+        naming the headline; None: all) and compute only those: `evaluate` asks for the ones the
+        wanted metrics need."""
         return {"": self.predict(x)}
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
+    def evaluate(self, x: Tensor, y: Tensor, batch_size: int,
+                 metrics: Collection[str] | None = None) -> dict[str, float]:
         """Evaluation metrics on a split (x, y), name -> value; the engine prefixes ``val_`` /
         ``test_``. Default (classifiers): ``accuracy`` of the headline readout and
         ``accuracy_<readout>`` of every named one (`predictions`). Memory and other task kinds
         override this (e.g. retrieval overlaps); `monitor` must name one of the keys.
+
+        ``metrics``: the names the caller needs (the engine passes the monitored one after each
+        epoch, None — every metric — at test). The result holds at least those; the default
+        computes only the readouts they name when `predictions` takes ``readouts``.
         """
+        wanted = readouts_for(metrics)
+        kwargs = {"readouts": wanted} if wanted is not None and accepts(self.predictions, "readouts") else {}
         was_training = self.training
         self.eval()
         correct: dict[str, Tensor] = {}
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            for name, scores in self.predictions(xb).items():
+            for name, scores in self.predictions(xb, **kwargs).items():
                 hits = (scores.argmax(dim=1) == yb).sum()
                 correct[name] = correct[name] + hits if name in correct else hits
         self.train(was_training)
         n = max(1, x.shape[0])
         out: dict[str, float] = {}
         for i, (name, c) in enumerate(correct.items()):
-            if i == 0:
+            if i == 0 and (not kwargs or "" in wanted):  # the headline comes first
                 out["accuracy"] = float(c) / n
             if name:
                 out[f"accuracy_{name}"] = float(c) / n
@@ -312,3 +325,36 @@ class StepMetrics:
         if not self.count:
             return {}
         return {key: float(value) / self.count for key, value in self.sums.items()}
+
+
+def readouts_for(metrics: Collection[str] | None) -> set[str] | None:
+    """Readout names (``""``: the headline) the classification metrics ``metrics`` need, or None
+    (every readout) for None or a metric that is not ``accuracy`` / ``accuracy_<readout>``."""
+    if metrics is None:
+        return None
+    names: set[str] = set()
+    for metric in metrics:
+        if metric == "accuracy":
+            names.add("")
+        elif metric.startswith("accuracy_"):
+            names.add(metric[len("accuracy_"):])
+        else:
+            return None
+    return names
+
+
+def accepts(method: Any, keyword: str) -> bool:
+    """Whether ``method`` takes the keyword argument ``keyword`` (an override may predate it)."""
+    try:
+        return keyword in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def evaluate_learner(learner: Learner, x: Tensor, y: Tensor, batch_size: int,
+                     metrics: Collection[str] | None = None) -> dict[str, float]:
+    """``learner.evaluate`` asked for ``metrics`` where its `Learner.evaluate` takes them (every
+    metric otherwise)."""
+    if metrics is not None and accepts(learner.evaluate, "metrics"):
+        return learner.evaluate(x, y, batch_size, metrics=metrics)
+    return learner.evaluate(x, y, batch_size)

@@ -73,7 +73,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -350,28 +350,30 @@ def mean_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, stacked.unbind(), strict=True))
 
 
-def evaluate(learner: Any, x: Tensor, y: Tensor, batch_size: int) -> dict[str, float]:
-    """`Learner.evaluate` over the ranks: the default classification evaluation on each rank's
-    share, correct counts summed; another learner's own evaluation by rank 0, its metrics and the
-    learner's state afterwards broadcast."""
+def evaluate(learner: Any, x: Tensor, y: Tensor, batch_size: int,
+             metrics: Collection[str] | None = None) -> dict[str, float]:
+    """`Learner.evaluate` (asked for ``metrics`` where it takes them) over the ranks: the default
+    classification evaluation on each rank's share, correct counts summed; another learner's own
+    evaluation by rank 0, its metrics and the learner's state afterwards broadcast."""
     import torch.distributed as dist
 
+    from bioplaus.core import Learner, evaluate_learner
+
     if not active():
-        return learner.evaluate(x, y, batch_size)
-    from bioplaus.core import Learner
+        return evaluate_learner(learner, x, y, batch_size, metrics)
 
     n, r, count = world_size(), rank(), x.shape[0]
     if type(learner).evaluate is Learner.evaluate and count >= n:
         lo, hi = r * count // n, (r + 1) * count // n
-        metrics = learner.evaluate(x[lo:hi], y[lo:hi], batch_size)
-        keys = sorted(metrics)
-        counts = torch.tensor([metrics[k] * (hi - lo) for k in keys], dtype=torch.float64,
+        shard = evaluate_learner(learner, x[lo:hi], y[lo:hi], batch_size, metrics)
+        keys = sorted(shard)
+        counts = torch.tensor([shard[k] * (hi - lo) for k in keys], dtype=torch.float64,
                               device=x.device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(counts)
         return {k: float(c) / count for k, c in zip(keys, counts.tolist(), strict=True)}
-    metrics = from_writer(lambda: learner.evaluate(x, y, batch_size))
+    result = from_writer(lambda: evaluate_learner(learner, x, y, batch_size, metrics))
     broadcast_state(learner)  # state the evaluation changed (e.g. a count seeding its noise)
-    return metrics
+    return result
 
 
 def from_writer(make: Callable[[], Any]) -> Any:

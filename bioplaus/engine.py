@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bioplaus import checkpoint, distributed, plots, registry
+from bioplaus import allocator, checkpoint, distributed, plots, registry
 from bioplaus import config as config_module
 from bioplaus.core import Circuit, Learner, StepMetrics
 from bioplaus.data import DataSplits, load, train_batches
@@ -83,6 +83,8 @@ def build(cfg: Any, data: DataSplits | None = None) -> tuple[DataSplits, Circuit
 def _build(cfg: Any, data: DataSplits | None) -> tuple[DataSplits, Circuit, Learner]:
     """`build` of a validated config."""
     device = distributed.setup(resolve_device(str(cfg.device)))
+    if device.type == "cpu":
+        allocator.keep_freed_memory()  # large batches reuse freed memory (BIOPLAUS_MALLOC=default: off)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(int(cfg.seed))
@@ -387,8 +389,12 @@ class _Loop:
             apply_schedule(self.learner.optimizers.values(), lr_factor(self.lr_schedule, epoch, self.epochs))
 
     def _evaluate_val(self) -> dict[str, float]:
-        val = _prefixed("val", distributed.evaluate(
-            self.learner, self.data.val_x, self.data.val_y, int(self.cfg.trainer.eval_batch_size)))
+        """The monitored metric on the validation split (what selection and early stopping need;
+        a learner may return more); every metric is evaluated once, at test."""
+        x, y, batch = self.data.val_x, self.data.val_y, int(self.cfg.trainer.eval_batch_size)
+        val = _prefixed("val", distributed.evaluate(self.learner, x, y, batch, metrics=(self.monitor,)))
+        if f"val_{self.monitor}" not in val:
+            val = _prefixed("val", distributed.evaluate(self.learner, x, y, batch))
         if f"val_{self.monitor}" not in val:
             raise UsageError(f"trainer.monitor={self.monitor}: the learner reports no such "
                              f"metric. It reports: {', '.join(k[4:] for k in val)}.")

@@ -169,21 +169,36 @@ def test_each_layer_gets_only_its_own_loss_gradient():
 
 def _record_first_block_inputs(learner):
     seen = []
-    handle = learner.circuit.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    handle = learner.circuit.blocks[0].linear.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     return seen, handle
 
 
-def test_goodness_readout_makes_c_passes_one_per_label():
+def test_goodness_readout_is_one_pass_of_c_labelled_copies():
     torch.manual_seed(0)
     learner = make(classes=4)
     seen, handle = _record_first_block_inputs(learner)
-    scores = learner.predict(torch.randn(5, 1, 4, 4))
+    x = torch.randn(5, 1, 4, 4)
+    scores = learner.predict(x)
     handle.remove()
     assert scores.shape == (5, 4)
-    assert len(seen) == 4
-    for c, inp in enumerate(seen):
-        assert inp.shape == (5, 16)
-        assert bool((inp[:, :4].argmax(dim=1) == c).all())  # label c overlaid (then normalised)
+    assert len(seen) == 1 and seen[0].shape == (4 * 5, 16)  # one batched pass, not C
+    for c in range(4):
+        assert bool((seen[0][c * 5:(c + 1) * 5, :4].argmax(dim=1) == c).all())  # label c (normalised)
+    # the same scores as C separate passes
+    with torch.no_grad():
+        for c in range(4):
+            acts = learner.layer_activities(ff.overlay_label(x, torch.full((5,), c), 4))
+            expected = ff.goodness(acts[1]) + ff.goodness(acts[2])
+            assert torch.allclose(scores[:, c], expected, rtol=1e-5)
+
+
+def test_goodness_readout_in_label_groups_when_the_pass_is_large(monkeypatch):
+    torch.manual_seed(0)
+    learner = make(classes=3)
+    x = torch.randn(7, 1, 4, 4)
+    whole = learner.goodness_scores(x)
+    monkeypatch.setattr(ff, "READOUT_ROWS", 8)  # one label per pass
+    assert torch.allclose(learner.goodness_scores(x), whole)
 
 
 def test_goodness_readout_sums_layers_two_to_l():
@@ -206,24 +221,117 @@ def test_softmax_readout_is_one_neutral_pass_and_predictions_order():
     seen, handle = _record_first_block_inputs(learner)
     scores = learner.predict(torch.randn(5, 1, 4, 4))
     handle.remove()
-    assert scores.shape == (5, 3) and len(seen) == 1
+    assert scores.shape == (5, 3) and len(seen) == 1 and seen[0].shape == (5, 16)
     neutral = seen[0][:, :3]
     assert torch.allclose(neutral, neutral[:, :1].expand(-1, 3))  # all C entries equal
     assert learner.classifier.in_features == 12 + 8  # layers 2..L
     assert list(learner.predictions(torch.randn(2, 1, 4, 4))) == ["softmax", "goodness"]
-    assert list(make().predictions(torch.randn(2, 1, 4, 4))) == ["goodness", "softmax"]
+    goodness_only = make()
+    assert list(goodness_only.predictions(torch.randn(2, 1, 4, 4))) == ["goodness"]
+    assert goodness_only.classifier is None and "readout" not in goodness_only.optimizers
+
+
+def test_a_step_runs_only_the_passes_its_readout_needs():
+    """readout=goodness: one positive+negative pass (2B rows), no neutral pass, no classifier;
+    readout=softmax: that pass and one neutral pass (B rows) for the classifier."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 1, 4, 4), torch.randint(0, 3, (6,))
+    for readout, rows in (("goodness", [12]), ("softmax", [12, 6])):
+        learner = make(readout=readout)
+        seen, handle = _record_first_block_inputs(learner)
+        out = learner.train_step(x, y)
+        handle.remove()
+        assert [s.shape[0] for s in seen] == rows, readout
+        assert ("readout_loss" in out) == (readout == "softmax")
+
+
+def test_evaluate_computes_only_the_readouts_asked_for():
+    torch.manual_seed(0)
+    learner = make(readout="softmax")
+    x, y = torch.randn(10, 1, 4, 4), torch.randint(0, 3, (10,))
+    calls = []
+    for name in ("goodness_scores", "softmax_scores"):
+        original = getattr(learner, name)
+        setattr(learner, name, lambda xb, _f=original, _n=name: calls.append(_n) or _f(xb))
+    everything = learner.evaluate(x, y, 4)
+    assert set(everything) == {"accuracy", "accuracy_softmax", "accuracy_goodness"}
+    assert calls.count("goodness_scores") == 3 and calls.count("softmax_scores") == 3  # 3 batches
+    calls.clear()
+    headline = learner.evaluate(x, y, 4, metrics=("accuracy",))
+    assert calls == ["softmax_scores"] * 3
+    assert headline["accuracy"] == everything["accuracy"] == headline["accuracy_softmax"]
+    calls.clear()
+    other = learner.evaluate(x, y, 4, metrics=("accuracy_goodness",))
+    assert calls == ["goodness_scores"] * 3
+    assert other == {"accuracy_goodness": everything["accuracy_goodness"]}
+
+
+def test_relu_squares_matches_autograd():
+    torch.manual_seed(0)
+    z = torch.randn(6, 5, requires_grad=True)
+    w_a, w_s = torch.randn(6, 5), torch.randn(6)
+    a, s = ff.ReluSquares.apply(z)
+    assert torch.allclose(a, torch.relu(z)) and torch.allclose(s, torch.relu(z).pow(2).sum(1))
+    for use_a in (True, False):
+        (((a * w_a).sum() if use_a else 0) + (s * w_s).sum()).backward(retain_graph=True)
+        fused = z.grad.clone()
+        z.grad = None
+        ref = torch.relu(z)
+        (((ref * w_a).sum() if use_a else 0) + (ref.pow(2).sum(1) * w_s).sum()).backward()
+        assert torch.allclose(fused, z.grad)
+        z.grad = None
+    assert torch.autograd.gradcheck(ff.ReluSquares.apply, (torch.randn(3, 4, dtype=torch.double,
+                                                                       requires_grad=True),))
+
+
+def test_normalise_given_equals_normalise():
+    h = torch.rand(4, 7) + 0.1
+    for norm in ff.NORMS:
+        assert torch.allclose(ff.normalise_given(h, h.pow(2).sum(1), norm), ff.normalise(h, norm))
+
+
+def test_greedy_schedule_trains_one_layer_at_a_time():
+    torch.manual_seed(0)
+    learner = make(schedule="greedy", greedy_epochs=2)
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    blocks = learner.circuit.blocks
+    for epoch, stage in enumerate([0, 0, 1, 1, 2, 2, 2], start=1):
+        assert learner.trained_layers() == (stage, stage) and learner.capture_key() == stage
+        before = [[p.detach().clone() for p in b.parameters()] for b in blocks]
+        learner.train_step(x, y)
+        for i, block in enumerate(blocks):
+            changed = [not torch.equal(b, p) for b, p in zip(before[i], block.parameters(), strict=True)]
+            assert all(changed) if i == stage else not any(changed), (epoch, i)
+        learner.on_epoch_end(epoch)
+    # the stage is checkpointed with the learner
+    restored = make(schedule="greedy", greedy_epochs=2)
+    restored.load_state_dict(learner.state_dict())
+    assert restored.epochs_seen == 7 and restored.trained_layers() == (2, 2)
+    assert restored.rule_metrics()["greedy_stage_reached"] == 3
+    assert make().trained_layers() == (0, 2) and make().capture_key() is None
+
+
+def test_greedy_layers_above_the_stage_are_not_computed():
+    torch.manual_seed(0)
+    learner = make(schedule="greedy")
+    seen = []
+    handle = learner.circuit.blocks[2].linear.register_forward_hook(lambda m, a, o: seen.append(1))
+    learner.train_step(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
+    handle.remove()
+    assert seen == []
 
 
 @pytest.mark.parametrize("options", [
     {}, {"loss": "symba"}, {"negatives": "hard"}, {"norm": "l2", "goodness": "mean"},
-    {"peer_norm": 0.03, "optimizer": "adamw", "weight_decay": 1e-3},
+    {"peer_norm": 0.03, "optimizer": "adamw", "weight_decay": 1e-3}, {"readout": "softmax"},
 ])
 def test_train_step_returns_scalar_metrics_and_updates(options):
     torch.manual_seed(0)
     learner = make(**options)
     before = [p.detach().clone() for p in learner.circuit.parameters()]
     out = learner.train_step(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
-    assert "loss" in out and "accuracy" in out
+    assert "loss" in out and "separation" in out
+    assert ("accuracy" in out) == (options.get("readout") == "softmax")
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in out.values())
     assert all(bool(torch.isfinite(v)) for v in out.values())
     after = list(learner.circuit.parameters())
@@ -244,7 +352,7 @@ def test_peer_normalisation_state_lives_in_buffers():
 @pytest.mark.parametrize("options", [
     {"norm": "max"}, {"goodness": "max"}, {"loss": "hinge"}, {"negatives": "easy"},
     {"readout": "vote"}, {"threshold": -1.0}, {"symba_alpha": 0.0}, {"peer_norm": -0.1},
-    {"optimizer": "rmsprop"}, {"label_scale": 0.0},
+    {"optimizer": "rmsprop"}, {"label_scale": 0.0}, {"schedule": "backwards"}, {"greedy_epochs": 0},
 ])
 def test_bad_options_are_usage_errors(options):
     with pytest.raises(UsageError):
@@ -269,7 +377,8 @@ def test_config_holds_every_declared_option_with_its_default():
 def _train_digits(epochs: int = 20) -> dict[str, float]:
     torch.manual_seed(0)
     splits = D.from_raw(D.load_digits(), name="digits", seed=0)
-    learner = ForwardForward(MLP(splits.task, hidden=(256, 256), head=False), splits.task, lr=3e-3)
+    learner = ForwardForward(MLP(splits.task, hidden=(256, 256), head=False), splits.task, lr=3e-3,
+                             readout="softmax")
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         for x, y in D.train_batches(splits.train_x, splits.train_y, 64, gen):
@@ -289,3 +398,53 @@ def test_negatives_equal_to_positives_cannot_pass_the_floor(monkeypatch):
     monkeypatch.setattr(ff, "random_wrong_labels", lambda y, c: y)
     acc = _train_digits(epochs=10)
     assert acc["goodness"] < 0.5, acc
+
+
+# -- the early below-chance goodness readout ------------------------------------------------------
+
+
+def _per_layer_readout(learner, x, y):
+    """Accuracy of argmax_c G_l(overlay(x, c)) for each layer l alone."""
+    with torch.no_grad():
+        g = torch.stack([torch.stack([ff.goodness(a) for a in learner.layer_activities(
+            ff.overlay_label(x, torch.full((x.shape[0],), c), 10))]) for c in range(10)], dim=2)
+    return [float((g[i].argmax(1) == y).float().mean()) for i in range(g.shape[0])]
+
+
+def _early_digits(freeze_first: bool, steps: int = 40):
+    torch.manual_seed(0)
+    splits = D.from_raw(D.load_digits(), name="digits", seed=0)
+    learner = ForwardForward(MLP(splits.task, hidden=(256, 256), head=False), splits.task, lr=3e-3)
+    if freeze_first:
+        learner.circuit.blocks[0].requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    separations = []
+    while len(separations) < steps:
+        for x, y in D.train_batches(splits.train_x, splits.train_y, 64, gen):
+            separations.append(float(learner.train_step(x, y)["separation"]))
+            if len(separations) == steps:
+                break
+    return learner, splits, separations
+
+
+def test_early_below_chance_readout_is_a_property_of_simultaneous_training_not_a_sign_error():
+    """After 40 simultaneous steps on digits layer 1's goodness readout is well above chance while
+    the readout layer (2) is below it — and layer 2 separates its own training pairs the wrong
+    way too, so the readout agrees with what training did. The mechanism: a negative's normalised
+    layer-1 vector is closer to the mean positive direction than a positive's. With layer 1 frozen
+    at init the same code makes layer 2's readout rise above chance: the sign is right."""
+    learner, splits, separations = _early_digits(freeze_first=False)
+    layer1, layer2 = _per_layer_readout(learner, splits.val_x, splits.val_y)
+    assert layer1 > 0.4 and layer2 < 0.1, (layer1, layer2)
+    assert sum(separations[-20:]) / 20 < 0.5  # layer 2's own training separation
+    x, y = splits.train_x, splits.train_y
+    with torch.no_grad():
+        pos = ff.normalise(learner.layer_activities(ff.overlay_label(x, y, 10))[0])
+        neg = ff.normalise(learner.layer_activities(ff.overlay_label(x, (y + 1) % 10, 10))[0])
+    mean_pos = pos.mean(0) / pos.mean(0).norm()
+    cos = [float((v @ mean_pos / v.norm(dim=1)).mean()) for v in (pos, neg)]
+    assert cos[1] > cos[0], cos
+
+    frozen, splits, separations = _early_digits(freeze_first=True)
+    assert _per_layer_readout(frozen, splits.val_x, splits.val_y)[1] > 0.25
+    assert sum(separations[-20:]) / 20 > 0.6
