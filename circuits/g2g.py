@@ -220,6 +220,13 @@ class MaskedLinear(nn.Linear):
             return block_linear(h, self.weight, self.bias, self.groups)
         return F.linear(h, self.weight * self.mask.to(self.weight.dtype), self.bias)
 
+    @torch.no_grad()
+    def effective_weight(self) -> Tensor:
+        """The (out, in) matrix this layer's forward pass applies, read off the pass itself:
+        forward(I) − forward(0) (so a mask the pass did not apply would show as nonzero entries)."""
+        eye = torch.eye(self.in_features, device=self.weight.device, dtype=self.weight.dtype)
+        return (self(eye) - self(eye[:1] * 0)).t()
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, path={self.path}"
 
@@ -462,8 +469,10 @@ class G2G(Circuit):
         return [int(m.sum()) for m in self.masks()]
 
     def structure_metrics(self) -> dict[str, Any]:
+        """Sparsity and edge counts of the weights the forward pass applies (nonzero entries of
+        `MaskedLinear.effective_weight`), DST rewirings and the matmul paths."""
         sizes = [m.numel() for m in self.masks()]
-        active = self.active_edges()
+        active = [int(torch.count_nonzero(b.linear.effective_weight())) for b in self.sparse_blocks]
         return {
             "circuit_sparsity": 1.0 - sum(active) / sum(sizes),
             "circuit_sparsity_layers": [round(1.0 - a / s, 6) for a, s in zip(active, sizes, strict=True)],

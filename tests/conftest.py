@@ -24,6 +24,14 @@ def _seed_and_one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def untrained(tmp_path_factory: pytest.TempPathFactory):
+    """Frozen-hidden-layer baselines (`tests.floors.Floors`), each measured once per session."""
+    from tests.floors import Floors
+
+    return Floors(tmp_path_factory.mktemp("untrained"))
+
+
 @pytest.fixture
 def runs_root(tmp_path: Path) -> Path:
     root = tmp_path / "runs"

@@ -50,6 +50,21 @@ def test_sparsity_of_every_layer_at_the_defaults():
     assert net.block_widths == [512, 512, 512, 10]
 
 
+def test_reported_sparsity_is_that_of_the_weights_the_forward_pass_applies():
+    """With every stored weight nonzero, the summary's sparsity is still the masks' — read off the
+    forward pass; a pass that skipped its mask would report 0 %."""
+    for path in ("masked", "block"):
+        circuit = G2G(Task((64,), 10), hidden=[32, 32], p_between=0.0 if path == "block" else P, path=path)
+        with torch.no_grad():
+            for block in circuit.sparse_blocks:
+                block.linear.weight.uniform_(0.5, 1.0)
+        metrics = circuit.structure_metrics()
+        masks = circuit.masks()
+        expected = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+        assert metrics["circuit_sparsity"] == pytest.approx(expected) and expected > 0.7, (path, metrics)
+        assert metrics["circuit_active_edges"] == sum(int(m.sum()) for m in masks)
+
+
 def test_headless_circuit_and_block_api():
     net = G2G(Task((1, 8, 8), 10), hidden=[32, 16], head=False)
     assert len(net.blocks) == 2 and net.block_widths == [32, 16]

@@ -109,6 +109,36 @@ def test_random_negatives_never_true_and_cover_every_wrong_label():
     assert float(counts.diagonal().sum()) == 0
 
 
+@pytest.mark.parametrize("negatives", ["random", "hard"])
+def test_train_step_never_overlays_the_true_label_on_a_negative(negatives):
+    """Through `train_step`: the rows the first layer sees in the positive/negative pass carry a
+    one-hot label over their first C inputs — the true one on the B positives, never the true one on
+    the B negatives (random: and every wrong label turns up)."""
+    c, batch = 3, 32
+    learner = make(hidden=(8,), negatives=negatives)
+    seen = []
+
+    def record(module, args):
+        if args[0].shape[0] == 2 * batch:  # the positive + negative pass (not readout passes)
+            seen.append(args[0][:, :c].detach().clone())
+
+    learner.circuit.blocks[0].register_forward_pre_hook(record)
+    torch.manual_seed(0)
+    pairs = torch.zeros(c, c)
+    for _ in range(100):
+        x, y = torch.rand(batch, 1, 4, 4), torch.randint(0, c, (batch,))
+        seen.clear()
+        learner.train_step(x, y)
+        (labels,) = seen
+        assert bool(((labels > 0).sum(1) == 1).all()), "a row without a one-hot label"
+        pos, neg = labels[:batch].argmax(1), labels[batch:].argmax(1)
+        assert torch.equal(pos, y)
+        assert not bool((neg == y).any()), f"{int((neg == y).sum())} negatives carry the true label"
+        pairs.index_put_((y, neg), torch.ones(batch), accumulate=True)
+    if negatives == "random":
+        assert bool((pairs + torch.eye(c) > 0).all()), pairs
+
+
 def test_hardest_wrong_label_skips_the_true_one():
     scores = torch.tensor([[5.0, 4.0, 1.0], [0.0, 2.0, 3.0], [1.0, 9.0, 2.0]])
     y = torch.tensor([0, 1, 1])

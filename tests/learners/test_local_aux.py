@@ -119,6 +119,31 @@ def test_a_module_loss_reaches_only_its_module(aux):
     assert all(p.grad is None for p in others)
 
 
+@pytest.mark.parametrize("aux", ["dgl", "infopro", "auglocal", "man"])
+def test_train_step_isolates_the_first_module_from_the_later_ones(aux):
+    """Through `train_step` alone: two nets equal in module 1 and different in modules 2 and 3 give
+    module 1 (its block and auxiliary nets) bit-identical gradients — no later loss reaches it."""
+    first = ("circuit.blocks.0.", "classifiers.0.", "decoders.0.", "lb_copies.0.")
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    grads = []
+    for perturb in (False, True):
+        learner = three_module_net(aux)
+        if perturb:
+            with torch.no_grad():
+                for name, p in learner.named_parameters():
+                    if not name.startswith(first) and not name.startswith("ema_copies"):
+                        p.add_(torch.randn_like(p))
+        torch.manual_seed(1)
+        learner.train_step(x, y)
+        grads.append({n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None})
+    module_one = [n for n in grads[0] if n.startswith(first)]
+    assert any(n.startswith("circuit.blocks.0.") for n in module_one)
+    for name in module_one:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+    later = [n for n in grads[0] if n.startswith("circuit.blocks.1.")]
+    assert later and any(not torch.equal(grads[0][n], grads[1][n]) for n in later)
+
+
 def test_train_step_gives_each_module_its_own_gradient():
     learner = three_module_net("infopro")
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))

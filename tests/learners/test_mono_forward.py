@@ -230,3 +230,22 @@ def test_greedy_train_step_captures_as_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert same(b1, first) and not same(b2, second)
+
+
+def test_readouts_against_scores_computed_here():
+    """`last` is G_L and `sum` is Σ_l G_l, with G_l = relu(a_{l−1} W_lᵀ + b_l) M_lᵀ computed in numpy
+    from the weights (not from the learner's own block scores)."""
+    import numpy as np
+
+    learner = tiny(hidden=(6, 5))
+    x = torch.randn(7, 4)
+    a = x.numpy().astype(np.float64)
+    scores = []
+    for block, M in zip(learner.circuit.blocks, learner.projections, strict=True):
+        W = block.linear.weight.detach().numpy().astype(np.float64)
+        b = block.linear.bias.detach().numpy().astype(np.float64)
+        a = np.maximum(a @ W.T + b, 0.0)
+        scores.append(a @ M.detach().numpy().astype(np.float64).T)
+    out = learner.predictions(x)
+    np.testing.assert_allclose(out["last"].numpy(), scores[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["sum"].numpy(), scores[0] + scores[1], rtol=1e-5, atol=1e-6)
