@@ -38,8 +38,17 @@ def runs_root(tmp_path: Path) -> Path:
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "floors: a learning test measured against frozen hidden layers "
+                                       "(it uses the ``untrained`` fixture; see benchmarks/floors.py)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` when no CUDA device is present."""
+    """Mark the tests that use the ``untrained`` fixture ``floors``; skip tests marked ``gpu`` when no
+    CUDA device is present."""
+    for item in items:
+        if "untrained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.floors)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -21,6 +21,7 @@ from bioplaus.learners.local_aux import (
     pick_uniformly,
     split_into_modules,
 )
+from tests.floors import assert_above
 from tests.helpers import default_learner_options, fit
 
 
@@ -216,17 +217,29 @@ def test_bad_options():
 
 
 @pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93), ("auglocal", 0.95)])
-def test_learns_digits_mlp(digits, aux, floor):
+def test_learns_digits_mlp(digits, aux, floor, untrained):
+    def make():
+        return LocalAux(MLP(digits.task, hidden=(256, 256)), digits.task, aux=aux)
+
     torch.manual_seed(0)
-    learner = LocalAux(MLP(digits.task, hidden=(256, 256)), digits.task, aux=aux)
-    assert fit(learner, digits, epochs=15)[""] >= floor
+    trained = fit(make(), digits, epochs=15)[""]
+    assert trained >= floor
+    # frozen hidden blocks: only the head trains, by the last module's CE, whatever the aux nets
+    frozen = untrained.fit("local_aux mlp", make, digits, epochs=15)[""]
+    assert_above(f"local_aux {aux} mlp", trained, frozen, 0.05)
 
 
-def test_learns_digits_cnn(digits):
+def test_learns_digits_cnn(digits, untrained):
+    def make():
+        return LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
+
     torch.manual_seed(0)
-    learner = LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
+    learner = make()
     assert [c.pool.output_size for c in learner.classifiers] == [2, 2]
-    assert fit(learner, digits, epochs=10)[""] >= 0.9
+    trained = fit(learner, digits, epochs=10)[""]
+    assert trained >= 0.9
+    frozen = untrained.fit("local_aux dgl cnn", make, digits, epochs=10)[""]
+    assert_above("local_aux dgl cnn", trained, frozen, 0.03)
 
 
 def test_config_keys_match_constructor():

@@ -15,6 +15,7 @@ from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.noprop import NoProp
 from bioplaus.registry import get_circuit, get_learner
+from tests.floors import assert_above
 from tests.helpers import capture_train_step
 
 TASK = Task((1, 4, 4), 3)
@@ -270,16 +271,20 @@ def run(tmp_path, *overrides):
     return train(cfg, run_dir=tmp_path / "run", quiet=True)
 
 
-def test_dt_learns_digits_with_defaults(tmp_path):
+def test_dt_learns_digits_with_defaults(tmp_path, untrained):
     summary = run(tmp_path)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.93
+    frozen = untrained.run(["learner=noprop"])  # blocks frozen; classifier (and U) still trained
+    assert_above("noprop dt", summary["test_accuracy"], frozen["test_accuracy"], 0.3)
 
 
 @pytest.mark.parametrize("variant", ["ct", "fm"])
-def test_continuous_variants_learn_digits(tmp_path, variant):
+def test_continuous_variants_learn_digits(tmp_path, variant, untrained):
     summary = run(tmp_path, f"learner.variant={variant}")  # defaults, 60 epochs: a few seconds
     assert summary["test_accuracy"] >= 0.80
+    frozen = untrained.run(["learner=noprop", f"learner.variant={variant}"])
+    assert_above(f"noprop {variant}", summary["test_accuracy"], frozen["test_accuracy"], 0.3)
 
 
 @pytest.mark.gpu
