@@ -271,12 +271,25 @@ def run(tmp_path, *overrides):
     return train(cfg, run_dir=tmp_path / "run", quiet=True)
 
 
+SMALL_DT = ["circuit.blocks=4", "trainer.epochs=15"]
+
+
+def test_dt_learns_digits_with_four_blocks(tmp_path, untrained):
+    """T = 4 blocks, 15 epochs: far above the same run with its blocks frozen (classifier trained)."""
+    summary = run(tmp_path, *SMALL_DT)
+    assert summary["status"] == "completed"
+    assert summary["test_accuracy"] >= 0.8
+    frozen = untrained.run(["learner=noprop", *SMALL_DT])
+    assert_above("noprop dt 4 blocks", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
+
+
+@pytest.mark.slow
 def test_dt_learns_digits_with_defaults(tmp_path, untrained):
     summary = run(tmp_path)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.93
     frozen = untrained.run(["learner=noprop"])  # blocks frozen; classifier (and U) still trained
-    assert_above("noprop dt", summary["test_accuracy"], frozen["test_accuracy"], 0.3)
+    assert_above("noprop dt", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
 
 
 @pytest.mark.parametrize("variant", ["ct", "fm"])
@@ -284,7 +297,7 @@ def test_continuous_variants_learn_digits(tmp_path, variant, untrained):
     summary = run(tmp_path, f"learner.variant={variant}")  # defaults, 60 epochs: a few seconds
     assert summary["test_accuracy"] >= 0.80
     frozen = untrained.run(["learner=noprop", f"learner.variant={variant}"])
-    assert_above(f"noprop {variant}", summary["test_accuracy"], frozen["test_accuracy"], 0.3)
+    assert_above(f"noprop {variant}", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
 
 
 @pytest.mark.gpu
