@@ -54,7 +54,7 @@ def test_sparsity_of_every_layer_at_the_defaults():
 
 def test_reported_sparsity_is_that_of_the_weights_the_forward_pass_applies():
     """With every stored weight nonzero, the summary's sparsity is still the masks' — read off the
-    forward pass; a pass that skipped its mask would report 0 %."""
+    forward pass (the entries it reads); a pass that skipped its mask would report 0 %."""
     for path in ("masked", "block"):
         circuit = G2G(Task((64,), 10), hidden=[32, 32], p_between=0.0 if path == "block" else P, path=path)
         with torch.no_grad():
@@ -426,8 +426,11 @@ def test_learns_digits_above_its_frozen_ensembles(tmp_path: Path, learner, untra
     run = [f"learner={learner}", "circuit=g2g", "device=cpu", *overrides]
     cfg = bioplaus.compose([*run, f"paths.runs={tmp_path}", "trainer.checkpoint=false"])
     summary = bioplaus.train(cfg, quiet=True)
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and summary["circuit"] == "g2g"
     assert summary["test_accuracy"] >= floor, summary["test_accuracy"]
+    # the sparsity of the weights the trained net's forward pass read
+    sparsity = summary["circuit_sparsity"]
+    assert math.isclose(sparsity, EXPECTED_SPARSITY, abs_tol=0.03), sparsity
     if margin is not None:
         frozen = untrained.run(run)
         assert_above(f"{learner} g2g", summary["test_accuracy"], frozen["test_accuracy"], margin)
