@@ -220,6 +220,17 @@ class MaskedLinear(nn.Linear):
             return block_linear(h, self.weight, self.bias, self.groups)
         return F.linear(h, self.weight * self.mask.to(self.weight.dtype), self.bias)
 
+    def used_entries(self) -> Tensor:
+        """(out, in) booleans: the weight entries this layer's forward pass reads, read off the pass
+        itself — the support of ∂Σ forward(I)/∂W (entry (i, j) gets M_ij). A pass that skipped its
+        mask would show every entry; a regrown edge still at zero counts as used."""
+        eye = torch.eye(self.in_features, device=self.weight.device, dtype=self.weight.dtype)
+        weight = self.weight.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = torch.func.functional_call(self, {"weight": weight}, (eye,), strict=False)
+            (grad,) = torch.autograd.grad(out.sum(), weight)
+        return grad != 0
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, path={self.path}"
 
@@ -462,8 +473,10 @@ class G2G(Circuit):
         return [int(m.sum()) for m in self.masks()]
 
     def structure_metrics(self) -> dict[str, Any]:
+        """Sparsity and edge counts of the weights the forward pass reads (`MaskedLinear.used_entries`),
+        DST rewirings and the matmul paths."""
         sizes = [m.numel() for m in self.masks()]
-        active = self.active_edges()
+        active = [int(b.linear.used_entries().sum()) for b in self.sparse_blocks]
         return {
             "circuit_sparsity": 1.0 - sum(active) / sum(sizes),
             "circuit_sparsity_layers": [round(1.0 - a / s, 6) for a, s in zip(active, sizes, strict=True)],

@@ -33,14 +33,31 @@ def _seed_and_one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def untrained(tmp_path_factory: pytest.TempPathFactory):
+    """Frozen-hidden-layer baselines (`tests.floors.Floors`), each measured once per session."""
+    from tests.floors import Floors
+
+    return Floors(tmp_path_factory.mktemp("untrained"))
+
+
 @pytest.fixture
 def runs_root(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "floors: a learning test measured against frozen hidden layers "
+                                       "(it uses the ``untrained`` fixture; see benchmarks/floors.py)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` when no CUDA device is present."""
+    """Mark the tests that use the ``untrained`` fixture ``floors``; skip tests marked ``gpu`` when no
+    CUDA device is present."""
+    for item in items:
+        if "untrained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.floors)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -13,6 +13,7 @@ from bioplaus.circuits.rnn import RNN, Readout, RecurrentBlock, as_sequence
 from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.registry import check_compatible, get_learner
+from tests.floors import assert_above
 
 IMAGES = Task((1, 8, 8), 10)
 
@@ -74,9 +75,10 @@ def test_compatibility() -> None:
         check_compatible("counter_current", "rnn")
 
 
-def test_backprop_trains_the_rnn_on_digits(tmp_path: Path) -> None:
-    cfg = bioplaus.compose(["learner=backprop", "circuit=rnn", "trainer.epochs=10", "device=cpu",
-                            f"paths.runs={tmp_path}", "trainer.checkpoint=false"])
+def test_backprop_trains_the_rnn_on_digits(tmp_path: Path, untrained) -> None:
+    run = ["learner=backprop", "circuit=rnn", "trainer.epochs=10", "device=cpu"]
+    cfg = bioplaus.compose([*run, f"paths.runs={tmp_path}", "trainer.checkpoint=false"])
     summary = bioplaus.train(cfg, quiet=True)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.85, summary["test_accuracy"]  # chance is 0.1
+    assert_above("backprop rnn", summary["test_accuracy"], untrained.run(run)["test_accuracy"], 0.2)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import pytest
 import torch
 
 from tests.helpers import last_line, run_cli, summary_of
@@ -65,3 +69,51 @@ def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("run", f"trainer.resume={tmp_path / 'nothing'}")
     assert result.returncode == 2
     assert "no checkpoints/last.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+# learners that draw random numbers while training: negatives (forward_forward), noise levels and
+# latents (noprop), random pruning and regrowth (g2g with dynamic sparse training)
+RANDOM_RUNS = {
+    "forward_forward": ["learner=forward_forward", "circuit.hidden=[32]"],
+    "noprop": ["learner=noprop", "circuit.blocks=3", "circuit.image_hidden=[16]",
+               "circuit.label_hidden=[16]", "circuit.hidden=[16]"],
+    "g2g_dst": ["learner=backprop", "circuit=g2g", "circuit.hidden=[32,32]", "circuit.dst.enabled=true",
+                "circuit.dst.every=7", "circuit.dst.prune=random", "circuit.dst.regrow=random"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_RUNS))
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, name: str) -> None:
+    """A run stopped after epoch 1 (interrupted while ending epoch 2) and resumed ends with the very
+    weights, buffers and per-epoch metrics of the uninterrupted run: the checkpoint carries the RNG
+    states the rule draws from."""
+    import bioplaus
+    from bioplaus import registry
+    from bioplaus.engine import resume
+    from bioplaus.errors import RunFailed
+
+    run = [*RANDOM_RUNS[name], "trainer.epochs=3", "device=cpu", "plots=false", "seed=4"]
+    full = bioplaus.train(bioplaus.compose(run), run_dir=tmp_path / "full", quiet=True)
+    cls = registry.get_learner(run[0].split("=")[1])
+    original = cls.on_epoch_end
+
+    def interrupt(self: Any, epoch: int) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    with mock.patch.object(cls, "on_epoch_end", interrupt), pytest.raises(RunFailed, match="interrupted"):
+        bioplaus.train(bioplaus.compose(run), run_dir=tmp_path / "cut", quiet=True)
+    resumed = resume(tmp_path / "cut", quiet=True)
+    assert resumed["epochs_completed"] == 3 and resumed["test_accuracy"] == full["test_accuracy"]
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+    def epochs(run_dir: Path) -> list[dict[str, Any]]:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
+
+    assert epochs(tmp_path / "full") == epochs(tmp_path / "cut")

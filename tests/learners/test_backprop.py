@@ -11,6 +11,7 @@ import bioplaus
 from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
 from bioplaus.learners.backprop import Backprop
+from tests.floors import assert_above
 
 
 def test_one_sgd_step_matches_the_hand_computed_gradient() -> None:
@@ -30,14 +31,16 @@ def test_one_sgd_step_matches_the_hand_computed_gradient() -> None:
     assert torch.allclose(net.blocks[0].linear.bias, b0 - 0.5 * delta.sum(0), atol=1e-6)
 
 
-def test_backprop_learns_digits_with_its_defaults(tmp_path: Path) -> None:
+def test_backprop_learns_digits_with_its_defaults(tmp_path: Path, untrained) -> None:
     summary = bioplaus.train(bioplaus.compose(["learner=backprop", f"paths.runs={tmp_path}"]), quiet=True)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.96, summary["test_accuracy"]
+    frozen = untrained.run(["learner=backprop"])
+    assert_above("backprop mlp", summary["test_accuracy"], frozen["test_accuracy"], 0.05)
 
 
-def test_backprop_trains_a_cnn(tmp_path: Path) -> None:
-    cfg = bioplaus.compose(["learner=backprop", "circuit=cnn", "circuit.channels=[8,16]", "trainer.epochs=8",
-                            f"paths.runs={tmp_path}"])
-    summary = bioplaus.train(cfg, quiet=True)
+def test_backprop_trains_a_cnn(tmp_path: Path, untrained) -> None:
+    run = ["learner=backprop", "circuit=cnn", "circuit.channels=[8,16]", "trainer.epochs=8"]
+    summary = bioplaus.train(bioplaus.compose([*run, f"paths.runs={tmp_path}"]), quiet=True)
     assert summary["test_accuracy"] >= 0.85, summary["test_accuracy"]
+    assert_above("backprop cnn", summary["test_accuracy"], untrained.run(run)["test_accuracy"], 0.2)

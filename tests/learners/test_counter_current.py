@@ -17,6 +17,7 @@ from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.counter_current import CounterCurrent, level_loss
 from bioplaus.registry import get_learner
+from tests.floors import assert_above
 from tests.helpers import capture_train_step, default_learner_options, forbid_host_reads
 
 IMAGES = Task((1, 8, 8), 3)
@@ -163,7 +164,7 @@ def test_config_keys_match_constructor():
     assert cfg.circuit.activation == "elu" and cfg.circuit.bias is False
 
 
-def test_learns_digits_with_its_defaults(tmp_path: Path):
+def test_learns_digits_with_its_defaults(tmp_path: Path, untrained):
     cfg = bioplaus.compose(["learner=counter_current", f"paths.runs={tmp_path}", "device=cpu",
                             "trainer.checkpoint=false"])
     summary = bioplaus.train(cfg, quiet=True)
@@ -171,15 +172,24 @@ def test_learns_digits_with_its_defaults(tmp_path: Path):
     assert summary["test_accuracy"] >= 0.90, summary["test_accuracy"]
     # the prototypes of the feedback net classify too: both nets learned to align
     assert summary["test_accuracy_prototype"] >= 0.90, summary["test_accuracy_prototype"]
+    # above the same readouts with the forward net's hidden levels frozen (head and feedback net trained)
+    frozen = untrained.run(["learner=counter_current", "device=cpu"])
+    for readout, margin in (("logits", 0.01), ("prototype", 0.1)):
+        key = f"test_accuracy_{readout}"
+        assert_above(f"counter_current mlp {readout}", summary[key], frozen[key], margin)
 
 
-def test_learns_digits_on_a_cnn(tmp_path: Path):
-    cfg = bioplaus.compose(["learner=counter_current", "circuit=cnn", "circuit.channels=[8,16]",
-                            "circuit.hidden=[]", "trainer.epochs=8", f"paths.runs={tmp_path}",
-                            "device=cpu", "trainer.checkpoint=false"])
+CNN_RUN = ["learner=counter_current", "circuit=cnn", "circuit.channels=[4,8]", "circuit.hidden=[]",
+           "trainer.epochs=8", "device=cpu"]
+
+
+def test_learns_digits_on_a_cnn(tmp_path: Path, untrained):
+    cfg = bioplaus.compose([*CNN_RUN, f"paths.runs={tmp_path}", "trainer.checkpoint=false"])
     summary = bioplaus.train(cfg, quiet=True)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.7, summary["test_accuracy"]  # chance is 0.1
+    frozen = untrained.run(CNN_RUN)
+    assert_above("counter_current cnn", summary["test_accuracy"], frozen["test_accuracy"], 0.05)
 
 
 def test_train_step_never_reads_a_tensor_on_the_host(monkeypatch):

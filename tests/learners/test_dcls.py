@@ -18,6 +18,7 @@ from bioplaus.core import Task  # noqa: E402
 from bioplaus.data import from_raw  # noqa: E402
 from bioplaus.learners.dcls import Dcls, one_cycle_lr, sigma_at  # noqa: E402
 from bioplaus.spiking_data import load_temporal  # noqa: E402
+from tests.floors import assert_above  # noqa: E402
 from tests.helpers import fit, forbid_host_reads  # noqa: E402
 
 
@@ -109,7 +110,7 @@ def _small_temporal():
     return from_raw(raw, name="temporal", normalize="none", seed=0, val_fraction=0.0)
 
 
-def test_learned_delays_solve_a_timing_task_a_net_without_delays_cannot():
+def test_learned_delays_solve_a_timing_task_a_net_without_delays_cannot(untrained):
     data = _small_temporal()
     accuracy = {}
     for delays in (True, False):
@@ -120,6 +121,11 @@ def test_learned_delays_solve_a_timing_task_a_net_without_delays_cannot():
     chance = 1 / data.task.num_classes
     assert accuracy[True] >= 0.9
     assert accuracy[False] <= chance + 0.2
+    # the hidden block's weights and delays frozen at their initial values, the output layer trained
+    frozen = untrained.fit("dcls snn temporal", lambda: Dcls(SNN(data.task, hidden=[32], delays=True,
+                                                                 max_delay=11), data.task, epochs=6),
+                           data, 6, batch_size=32)[""]
+    assert_above("dcls snn temporal", accuracy[True], frozen, 0.2)
 
 
 def test_backprop_trains_the_snn_circuit_as_the_baseline():

@@ -15,6 +15,8 @@ from bioplaus.circuits.mlp import MLP
 from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.forward_forward import ForwardForward
+from tests.floors import assert_above
+from tests.helpers import fit
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "learner" / "forward_forward.yaml"
 
@@ -107,6 +109,39 @@ def test_random_negatives_never_true_and_cover_every_wrong_label():
     # 2000 draws over 9 wrong labels: ≈ 222 each, all present, roughly uniform
     assert bool((off_diagonal > 150).all()) and bool((off_diagonal < 300).all())
     assert float(counts.diagonal().sum()) == 0
+
+
+@pytest.mark.parametrize("negatives", ["random", "hard"])
+def test_train_step_never_overlays_the_true_label_on_a_negative(negatives):
+    """Through `train_step`: the rows the first layer sees in the positive/negative pass carry a
+    one-hot label over their first C inputs — the true one on the B positives, never the true one on
+    the B negatives (random: and every wrong label turns up)."""
+    c, batch = 3, 32
+    learner = make(hidden=(8,), negatives=negatives)
+    seen = []
+
+    passes = learner.layer_passes
+
+    def record(x_both, *args, **kwargs):
+        if x_both.shape[0] == 2 * batch:  # the positive + negative pass (not readout passes)
+            seen.append(x_both[:, :c].detach().clone())
+        return passes(x_both, *args, **kwargs)
+
+    learner.layer_passes = record  # what the layers are given, inside train_step
+    torch.manual_seed(0)
+    pairs = torch.zeros(c, c)
+    for _ in range(100):
+        x, y = torch.rand(batch, 1, 4, 4), torch.randint(0, c, (batch,))
+        seen.clear()
+        learner.train_step(x, y)
+        (labels,) = seen
+        assert bool(((labels > 0).sum(1) == 1).all()), "a row without a one-hot label"
+        pos, neg = labels[:batch].argmax(1), labels[batch:].argmax(1)
+        assert torch.equal(pos, y)
+        assert not bool((neg == y).any()), f"{int((neg == y).sum())} negatives carry the true label"
+        pairs.index_put_((y, neg), torch.ones(batch), accumulate=True)
+    if negatives == "random":
+        assert bool((pairs + torch.eye(c) > 0).all()), pairs
 
 
 def test_hardest_wrong_label_skips_the_true_one():
@@ -374,29 +409,30 @@ def test_config_holds_every_declared_option_with_its_default():
 # -- learning ----------------------------------------------------------------------------------------
 
 
-def _train_digits(epochs: int = 20) -> dict[str, float]:
+HIDDEN = (256, 256)
+
+
+def _make(splits: D.DataSplits) -> ForwardForward:
+    return ForwardForward(MLP(splits.task, hidden=HIDDEN, head=False), splits.task, lr=3e-3,
+                          readout="softmax")
+
+
+def test_learns_digits(digits, untrained):
+    """Both readouts above the same readouts of the same net with its layers frozen at their
+    initial weights (the softmax classifier still trained; the goodness readout then has nothing)."""
     torch.manual_seed(0)
-    splits = D.from_raw(D.load_digits(), name="digits", seed=0)
-    learner = ForwardForward(MLP(splits.task, hidden=(256, 256), head=False), splits.task, lr=3e-3,
-                             readout="softmax")
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for x, y in D.train_batches(splits.train_x, splits.train_y, 64, gen):
-            learner.train_step(x, y)
-    return {k: float((v.argmax(1) == splits.test_y).float().mean())
-            for k, v in learner.predictions(splits.test_x).items()}
-
-
-def test_learns_digits():
-    acc = _train_digits()
+    acc = fit(_make(digits), digits, epochs=20)
+    frozen = untrained.fit("forward_forward mlp", lambda: _make(digits), digits, epochs=20)
     assert acc["goodness"] >= 0.85, acc
-    assert acc["softmax"] >= 0.85, acc
+    assert_above("forward_forward mlp goodness", acc["goodness"], frozen["goodness"], 0.5)
+    assert_above("forward_forward mlp softmax", acc["softmax"], frozen["softmax"], 0.01)
 
 
-def test_negatives_equal_to_positives_cannot_pass_the_floor(monkeypatch):
+def test_negatives_equal_to_positives_cannot_pass_the_floor(monkeypatch, digits):
     """The floor above means something: with x⁻ = x⁺ the goodness readout learns nothing."""
     monkeypatch.setattr(ff, "random_wrong_labels", lambda y, c: y)
-    acc = _train_digits(epochs=10)
+    torch.manual_seed(0)
+    acc = fit(_make(digits), digits, epochs=10)
     assert acc["goodness"] < 0.5, acc
 
 

@@ -21,6 +21,7 @@ from bioplaus.learners.local_aux import (
     pick_uniformly,
     split_into_modules,
 )
+from tests.floors import assert_above
 from tests.helpers import default_learner_options, fit
 
 
@@ -119,6 +120,31 @@ def test_a_module_loss_reaches_only_its_module(aux):
     assert all(p.grad is None for p in others)
 
 
+@pytest.mark.parametrize("aux", ["dgl", "infopro", "auglocal", "man"])
+def test_train_step_isolates_the_first_module_from_the_later_ones(aux):
+    """Through `train_step` alone: two nets equal in module 1 and different in modules 2 and 3 give
+    module 1 (its block and auxiliary nets) bit-identical gradients — no later loss reaches it."""
+    first = ("circuit.blocks.0.", "classifiers.0.", "decoders.0.", "lb_copies.0.")
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    grads = []
+    for perturb in (False, True):
+        learner = three_module_net(aux)
+        if perturb:
+            with torch.no_grad():
+                for name, p in learner.named_parameters():
+                    if not name.startswith(first) and not name.startswith("ema_copies"):
+                        p.add_(torch.randn_like(p))
+        torch.manual_seed(1)
+        learner.train_step(x, y)
+        grads.append({n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None})
+    module_one = [n for n in grads[0] if n.startswith(first)]
+    assert any(n.startswith("circuit.blocks.0.") for n in module_one)
+    for name in module_one:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+    later = [n for n in grads[0] if n.startswith("circuit.blocks.1.")]
+    assert later and any(not torch.equal(grads[0][n], grads[1][n]) for n in later)
+
+
 def test_train_step_gives_each_module_its_own_gradient():
     learner = three_module_net("infopro")
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
@@ -191,17 +217,29 @@ def test_bad_options():
 
 
 @pytest.mark.parametrize(("aux", "floor"), [("dgl", 0.95), ("infopro", 0.93), ("auglocal", 0.95)])
-def test_learns_digits_mlp(digits, aux, floor):
+def test_learns_digits_mlp(digits, aux, floor, untrained):
+    def make():
+        return LocalAux(MLP(digits.task, hidden=(256, 256)), digits.task, aux=aux)
+
     torch.manual_seed(0)
-    learner = LocalAux(MLP(digits.task, hidden=(256, 256)), digits.task, aux=aux)
-    assert fit(learner, digits, epochs=15)[""] >= floor
+    trained = fit(make(), digits, epochs=15)[""]
+    assert trained >= floor
+    # frozen hidden blocks: only the head trains, by the last module's CE, whatever the aux nets
+    frozen = untrained.fit("local_aux mlp", make, digits, epochs=15)[""]
+    assert_above(f"local_aux {aux} mlp", trained, frozen, 0.05)
 
 
-def test_learns_digits_cnn(digits):
+def test_learns_digits_cnn(digits, untrained):
+    def make():
+        return LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
+
     torch.manual_seed(0)
-    learner = LocalAux(CNN(digits.task, channels=(16, 32)), digits.task, aux="dgl", aux_hidden=[64])
+    learner = make()
     assert [c.pool.output_size for c in learner.classifiers] == [2, 2]
-    assert fit(learner, digits, epochs=10)[""] >= 0.9
+    trained = fit(learner, digits, epochs=10)[""]
+    assert trained >= 0.9
+    frozen = untrained.fit("local_aux dgl cnn", make, digits, epochs=10)[""]
+    assert_above("local_aux dgl cnn", trained, frozen, 0.03)
 
 
 def test_config_keys_match_constructor():

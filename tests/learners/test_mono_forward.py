@@ -12,6 +12,7 @@ from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.mono_forward import MonoForward
 from bioplaus.registry import get_learner
+from tests.floors import assert_above
 from tests.helpers import capture_train_step, default_learner_options, fit
 
 
@@ -179,29 +180,43 @@ def test_bad_options_are_usage_errors(kw):
         tiny(**kw)
 
 
-def test_learns_digits_mlp(digits):
+def test_learns_digits_mlp(digits, untrained):
+    def make():
+        return MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3)
+
     torch.manual_seed(0)
-    learner = MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3)
-    acc = fit(learner, digits, epochs=8)
+    acc = fit(make(), digits, epochs=8)
     assert acc["last"] >= 0.93 and acc["sum"] >= 0.93
+    frozen = untrained.fit("mono_forward mlp", make, digits, epochs=8)
+    assert_above("mono_forward mlp last", acc["last"], frozen["last"], 0.05)
+    assert_above("mono_forward mlp sum", acc["sum"], frozen["sum"], 0.03)
 
 
-def test_learns_digits_greedy(digits):
+def test_learns_digits_greedy(digits, untrained):
+    def make():
+        return MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3,
+                           schedule="greedy", greedy_epochs=4)
+
     torch.manual_seed(0)
-    learner = MonoForward(MLP(digits.task, hidden=(128, 128), head=False), digits.task, lr=2e-3,
-                          schedule="greedy", greedy_epochs=4)
+    learner = make()
     acc = fit(learner, digits, epochs=8)
     assert int(learner.stage) == 1
     assert acc["last"] >= 0.9
+    frozen = untrained.fit("mono_forward greedy", make, digits, epochs=8)
+    assert_above("mono_forward greedy last", acc["last"], frozen["last"], 0.05)
 
 
-def test_learns_digits_cnn(digits):
+def test_learns_digits_cnn(digits, untrained):
+    def make():
+        return MonoForward(CNN(digits.task, channels=(8, 16), head=False), digits.task, lr=2e-3)
+
     torch.manual_seed(0)
-    circuit = CNN(digits.task, channels=(8, 16), head=False)
-    learner = MonoForward(circuit, digits.task, lr=2e-3)
-    assert [p.shape[1] for p in learner.projections] == circuit.block_widths
+    learner = make()
+    assert [p.shape[1] for p in learner.projections] == learner.circuit.block_widths
     acc = fit(learner, digits, epochs=3)
     assert acc["last"] >= 0.7  # chance is 0.1
+    frozen = untrained.fit("mono_forward cnn", make, digits, epochs=3)
+    assert_above("mono_forward cnn last", acc["last"], frozen["last"], 0.2)
 
 
 def test_config_keys_match_constructor():
@@ -230,3 +245,22 @@ def test_greedy_train_step_captures_as_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert same(b1, first) and not same(b2, second)
+
+
+def test_readouts_against_scores_computed_here():
+    """`last` is G_L and `sum` is Σ_l G_l, with G_l = relu(a_{l−1} W_lᵀ + b_l) M_lᵀ computed in numpy
+    from the weights (not from the learner's own block scores)."""
+    import numpy as np
+
+    learner = tiny(hidden=(6, 5))
+    x = torch.randn(7, 4)
+    a = x.numpy().astype(np.float64)
+    scores = []
+    for block, M in zip(learner.circuit.blocks, learner.projections, strict=True):
+        W = block.linear.weight.detach().numpy().astype(np.float64)
+        b = block.linear.bias.detach().numpy().astype(np.float64)
+        a = np.maximum(a @ W.T + b, 0.0)
+        scores.append(a @ M.detach().numpy().astype(np.float64).T)
+    out = learner.predictions(x)
+    np.testing.assert_allclose(out["last"].numpy(), scores[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["sum"].numpy(), scores[0] + scores[1], rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from bioplaus.core import Task
 from bioplaus.errors import UsageError
 from bioplaus.learners.noprop import NoProp
 from bioplaus.registry import get_circuit, get_learner
+from tests.floors import assert_above
 from tests.helpers import capture_train_step
 
 TASK = Task((1, 4, 4), 3)
@@ -270,16 +271,33 @@ def run(tmp_path, *overrides):
     return train(cfg, run_dir=tmp_path / "run", quiet=True)
 
 
-def test_dt_learns_digits_with_defaults(tmp_path):
+SMALL_DT = ["circuit.blocks=4", "trainer.epochs=15"]
+
+
+def test_dt_learns_digits_with_four_blocks(tmp_path, untrained):
+    """T = 4 blocks, 15 epochs: far above the same run with its blocks frozen (classifier trained)."""
+    summary = run(tmp_path, *SMALL_DT)
+    assert summary["status"] == "completed"
+    assert summary["test_accuracy"] >= 0.8
+    frozen = untrained.run(["learner=noprop", *SMALL_DT])
+    assert_above("noprop dt 4 blocks", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
+
+
+@pytest.mark.slow
+def test_dt_learns_digits_with_defaults(tmp_path, untrained):
     summary = run(tmp_path)
     assert summary["status"] == "completed"
     assert summary["test_accuracy"] >= 0.93
+    frozen = untrained.run(["learner=noprop"])  # blocks frozen; classifier (and U) still trained
+    assert_above("noprop dt", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
 
 
 @pytest.mark.parametrize("variant", ["ct", "fm"])
-def test_continuous_variants_learn_digits(tmp_path, variant):
+def test_continuous_variants_learn_digits(tmp_path, variant, untrained):
     summary = run(tmp_path, f"learner.variant={variant}")  # defaults, 60 epochs: a few seconds
     assert summary["test_accuracy"] >= 0.80
+    frozen = untrained.run(["learner=noprop", f"learner.variant={variant}"])
+    assert_above(f"noprop {variant}", summary["test_accuracy"], frozen["test_accuracy"], 0.5)
 
 
 @pytest.mark.gpu
@@ -298,3 +316,66 @@ def test_train_step_captures_as_cuda_graph(variant):
     torch.cuda.synchronize()
     assert torch.isfinite(out["loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, learner.circuit.parameters(), strict=True))
+
+
+# -- inference and the per-block term against values computed here ---------------------------------
+
+
+def _cosine_alpha_bar_by_hand(blocks: int, offset: float = 0.008) -> list[float]:
+    """ᾱ_t, t = 0..T: f(τ_t)/f(0), f(τ) = cos²(π/2 · (τ + s)/(1 + s)), τ_t = (T + 1 − t)/(T + 1)."""
+    def f(tau: float) -> float:
+        return math.cos((tau + offset) / (1 + offset) * math.pi / 2) ** 2
+
+    return [max(f((blocks + 1 - t) / (blocks + 1)) / f(0.0), 0.0) for t in range(blocks + 1)]
+
+
+def test_dt_inference_is_the_posterior_chain_with_fixed_noise():
+    """infer(x) = z_T of z_t = a_t û_t(z_{t−1}, x) + b_t z_{t−1} + √c_t ε_t from z_0 ~ N(0, I), the
+    coefficients computed here from ᾱ and the noise drawn in the same order from the same seed."""
+    learner = make(blocks=3)
+    for _ in range(5):  # blocks that are not at their initial weights
+        learner.train_step(torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16,)))
+    x = torch.randn(6, 1, 4, 4)
+    torch.manual_seed(11)
+    got = learner.infer(x)
+
+    ab = _cosine_alpha_bar_by_hand(3)
+    torch.manual_seed(11)
+    z = torch.randn(6, 3).double()
+    for t in range(1, 4):
+        alpha_prev = ab[t - 1] / ab[t]
+        a = math.sqrt(ab[t]) * (1 - alpha_prev) / (1 - ab[t - 1])
+        b = math.sqrt(alpha_prev) * (1 - ab[t]) / (1 - ab[t - 1])
+        c = (1 - ab[t]) * (1 - alpha_prev) / (1 - ab[t - 1])
+        with torch.no_grad():
+            mixture = torch.softmax(learner.circuit.blocks[t - 1](x, z.float(), None).double(), 1)  # U = I
+        z = a * mixture + b * z + math.sqrt(c) * torch.randn(6, 3).double()
+    torch.testing.assert_close(got.double(), z, rtol=0, atol=1e-5)
+
+
+def test_dt_per_block_terms_and_ce_by_hand():
+    """loss_b_t = (T/2)·η·(SNR(t) − SNR(t−1))·mean_batch ‖softmax(block_t(x, z_{t−1})) − u_y‖², with
+    z_{t−1} = √ᾱ_{t−1} u_y + √(1 − ᾱ_{t−1}) ε drawn from the step's seed; CE on z_T through the
+    (zero-initialised) classifier is log C."""
+    import copy
+
+    learner = make(blocks=3, eta=0.5)
+    blocks = copy.deepcopy(learner.circuit.blocks)  # the weights the step's losses are computed with
+    x, y = torch.randn(8, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+    torch.manual_seed(5)
+    metrics = learner.train_step(x, y)
+
+    ab = _cosine_alpha_bar_by_hand(3)
+    snr = [a / (1 - a) for a in ab]
+    u = torch.eye(3)[y].double()
+    torch.manual_seed(5)
+    terms = []
+    for t in range(1, 4):
+        z = math.sqrt(ab[t - 1]) * u + math.sqrt(1 - ab[t - 1]) * torch.randn(8, 3).double()
+        with torch.no_grad():
+            p = torch.softmax(blocks[t - 1](x, z.float(), None).double(), 1)
+        weight = 3 / 2 * 0.5 * (snr[t] - snr[t - 1])
+        terms.append(weight * (p - u).pow(2).sum(1).mean())
+        torch.testing.assert_close(metrics[f"loss_b{t}"].double(), terms[-1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["ce"].double(), torch.tensor(math.log(3), dtype=torch.float64))
+    torch.testing.assert_close(metrics["denoise"].double(), sum(terms) / 3, rtol=1e-5, atol=1e-6)
