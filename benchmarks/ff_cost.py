@@ -144,17 +144,11 @@ def main() -> None:
 
 
 def machine() -> str:
-    import platform
+    import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    from bioplaus.tracking import machine_description
+
+    return machine_description(torch.device("cpu"))
 
 
 def render(payload: dict) -> str:

@@ -18,8 +18,9 @@ the gradient of the mean over the global batch,
 
 and one mechanism applies it to every rule: every optimiser the learner registers
 (`Learner.add_optimizer`) has the gradients of its parameters averaged over the ranks: by a
-post-accumulate-grad hook on each parameter as soon as ``backward`` has written it (so gradient
-clipping and masks between ``backward`` and ``step`` see the averaged gradient), and by a step
+post-accumulate-grad hook on each parameter that collects the gradients ``backward`` writes and
+averages them, in one all-reduce, when that ``backward`` ends (so gradient clipping and masks
+between ``backward`` and ``step`` see the averaged gradient), and by a step
 pre-hook for any gradient set by hand — however often the learner itself calls ``backward`` and
 ``step`` inside ``train_step``. The weights of a rule whose
 update is a function of these gradients therefore equal those of one process at batch B (up to
@@ -216,23 +217,28 @@ def _all_reduce_(tensors: list[Tensor], average: bool) -> None:
 def _average_gradients(optimizers: Iterable[torch.optim.Optimizer]) -> None:
     """Average over the ranks every gradient the optimisers will use.
 
-    A post-accumulate-grad hook on each parameter averages its gradient as soon as a ``backward``
-    has accumulated it, so whatever the learner does between ``backward`` and ``step`` (gradient
-    clipping, masking) sees the averaged gradient; averaging is linear, so several backwards into
-    the same ``.grad`` stay right. A step pre-hook then averages any gradient that did not come from
-    ``backward`` (assigned to ``.grad`` by hand) right before ``optimizer.step()``.
+    A post-accumulate-grad hook on each parameter notes its gradient as soon as a ``backward`` has
+    accumulated it, and the first one of a backward queues a callback that runs when that backward
+    ends: it averages every noted gradient in one all-reduce per dtype (one message, not one per
+    parameter — on gloo the latency of a message dominates small nets). So whatever the learner does
+    between ``backward`` and ``step`` (gradient clipping, masking) sees the averaged gradient;
+    averaging is linear, so several backwards into the same ``.grad`` stay right. A step pre-hook
+    then averages any gradient that did not come from ``backward`` (assigned to ``.grad`` by hand)
+    right before ``optimizer.step()``.
     """
-    import torch.distributed as dist
-
     reduced: set[int] = set()
+    pending: list[Tensor] = []
+
+    def end_of_backward() -> None:
+        grads = [p.grad for p in pending if p.grad is not None]
+        pending.clear()
+        for same in _by_dtype(grads).values():
+            _all_reduce_(same, average=True)
 
     def after_backward(p: Tensor) -> None:
-        grad = p.grad
-        if grad.is_contiguous():
-            dist.all_reduce(grad)
-            grad.div_(dist.get_world_size())
-        else:
-            _all_reduce_([grad], average=True)
+        if not pending:
+            torch.autograd.Variable._execution_engine.queue_callback(end_of_backward)
+        pending.append(p)
         reduced.add(id(p))
 
     def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
