@@ -30,15 +30,22 @@ from bioplaus.tracking import machine_description
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RUN = ["learner=backprop", "circuit.hidden=[256,256]", "data=digits", "trainer.epochs=3",
-       "trainer.batch_size=64", "threads=1", "plots=false", "trainer.progress=none"]
+COMMON = ["learner=backprop", "threads=1", "plots=false", "trainer.progress=none"]
+#: configuration name -> overrides: a small net where a message's latency dominates a step, and a
+#: Fashion-MNIST net where the step's compute does
+CONFIGS = {
+    "digits 64-256-256-10, batch 64": ["circuit.hidden=[256,256]", "data=digits", "trainer.epochs=3",
+                                       "trainer.batch_size=64"],
+    "fashion_mnist 784-1000-1000-10, batch 512": ["circuit.hidden=[1000,1000]", "data=fashion_mnist",
+                                                  "trainer.epochs=1", "trainer.batch_size=512"],
+}
 
 
-def command(processes: int, run_dir: Path) -> list[str]:
+def command(processes: int, run_dir: Path, config: str) -> list[str]:
     launcher = [sys.executable, "-m", "bioplaus"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
         "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "-m", "bioplaus"]
-    return [*launcher, "run", *RUN, f"hydra.run.dir={run_dir}"]
+    return [*launcher, "run", *COMMON, *CONFIGS[config], f"hydra.run.dir={run_dir}"]
 
 
 def shown(cmd: list[str]) -> str:
@@ -48,16 +55,16 @@ def shown(cmd: list[str]) -> str:
     return text.replace(f"{sys.executable} -m bioplaus", "bioplaus")
 
 
-def measure(processes: int, root: Path, index: int, commit: str) -> dict:
-    run_dir = root / f"p{processes}_{index}"
-    cmd = command(processes, run_dir)
+def measure(processes: int, root: Path, index: int, commit: str, config: str) -> dict:
+    run_dir = root / f"c{list(CONFIGS).index(config)}_p{processes}_{index}"
+    cmd = command(processes, run_dir, config)
     load = os.getloadavg()[0]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise SystemExit(f"{shown(cmd)} failed:\n{result.stderr[-2000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"processes": processes, "samples_per_second": summary["samples_per_second"],
+    return {"config": config, "processes": processes, "samples_per_second": summary["samples_per_second"],
             "train_seconds": summary["train_seconds"], "test_accuracy": summary["test_accuracy"],
             "load_1min": round(load, 2), "command": shown(cmd), "commit": commit}
 
@@ -70,25 +77,25 @@ def write_markdown(path: Path, payload: dict) -> None:
         f"Machine: {payload['machine']}, torch {payload['torch']}. Commit {payload['commit']}, "
         f"{payload['date']}. Command: `python benchmarks/ddp_cpu.py --repeats {payload['repeats']}`.",
         "",
-        "Each row is one run of the command shown, at the same global batch (64; 32 per process with "
-        "2); 1 and 2 processes alternate. Samples/s counts training time only. **The machine was "
-        "shared with other work while this ran** (load = 1-minute load average before the run, on "
-        f"{payload['cores']} cores): with the cores already busy, a second process cannot add a "
-        "core's worth of work, so these figures say little about an idle machine.",
+        "Each row is one run of the command shown; 1 and 2 processes alternate at the same global "
+        "batch (each of 2 processes takes half of it). Samples/s counts training time only; load is "
+        f"the 1-minute load average before the run, on {payload['cores']} cores (above 1, other work "
+        "shared the cores and a second process cannot add a core's worth of work).",
         "",
-        "| processes | samples/s | train s | test accuracy | load | command |",
-        "|---|---|---|---|---|---|",
+        "| configuration | processes | samples/s | train s | test accuracy | load | command |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['processes']} | {r['samples_per_second']} | {r['train_seconds']} "
+        lines.append(f"| {r['config']} | {r['processes']} | {r['samples_per_second']} | {r['train_seconds']} "
                      f"| {r['test_accuracy']:.4f} | {r['load_1min']} | `{r['command']}` |")
-    lines += ["", "| processes | median samples/s | median load |", "|---|---|---|"]
-    for p in (1, 2):
-        mine = [r for r in rows if r["processes"] == p]
-        lines.append(f"| {p} | {statistics.median(r['samples_per_second'] for r in mine):.1f} "
+    lines += ["", "| configuration | median samples/s, 1 process | 2 processes | 2 over 1 | median load |",
+              "|---|---|---|---|---|"]
+    for config, ratio in payload["median_ratio_2_over_1"].items():
+        mine = [r for r in rows if r["config"] == config]
+        one, two = (statistics.median(r["samples_per_second"] for r in mine if r["processes"] == p)
+                    for p in (1, 2))
+        lines.append(f"| {config} | {one:.1f} | {two:.1f} | {ratio:.2f}× "
                      f"| {statistics.median(r['load_1min'] for r in mine):.2f} |")
-    ratio = payload["median_ratio_2_over_1"]
-    lines += ["", f"Median throughput of 2 processes over 1: {ratio:.2f}×."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -101,15 +108,19 @@ def main(argv: list[str] | None = None) -> None:
     commit = code_version(REPO)  # the code measured (read before the runs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            for processes in (1, 2):
-                rows.append(measure(processes, Path(tmp), i, commit))
-                print(json.dumps(rows[-1]), flush=True)
-    median = {p: statistics.median(r["samples_per_second"] for r in rows if r["processes"] == p)
-              for p in (1, 2)}
+        for config in CONFIGS:
+            for i in range(args.repeats):
+                for processes in (1, 2):
+                    rows.append(measure(processes, Path(tmp), i, commit, config))
+                    print(json.dumps(rows[-1]), flush=True)
+    ratio = {}
+    for config in CONFIGS:
+        one, two = (statistics.median(r["samples_per_second"] for r in rows
+                                      if r["config"] == config and r["processes"] == p) for p in (1, 2))
+        ratio[config] = two / one
     payload = {"machine": machine_description(torch.device("cpu")), "torch": torch.__version__,
                "cores": os.cpu_count(), "commit": commit, "repeats": args.repeats,
-               "date": dt.date.today().isoformat(), "median_ratio_2_over_1": median[2] / median[1],
+               "date": dt.date.today().isoformat(), "median_ratio_2_over_1": ratio,
                "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ddp_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
