@@ -101,6 +101,7 @@ from bioplaus.core import Circuit, Learner, Task
 from bioplaus.distributed import batch_mean
 from bioplaus.errors import UsageError
 from bioplaus.functional import accuracy
+from bioplaus.greedy import GreedyStages
 from bioplaus.optim import make_optimizer
 from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
@@ -270,7 +271,7 @@ READOUT_ROWS = 65536
 
 
 @register_learner
-class ForwardForward(Learner):
+class ForwardForward(GreedyStages, Learner):
     """Forward-Forward on the dense blocks of an MLP: per-layer goodness, no cross-layer gradient."""
 
     name = "forward_forward"
@@ -498,27 +499,9 @@ class ForwardForward(Learner):
         return {name: score[name](x) for name in names}
 
     # -- schedule ---------------------------------------------------------------------------------
-    def stage_after(self, epochs_seen: int) -> int:
-        """Layer (0-based) that trains once ``epochs_seen`` epochs are done, under schedule=greedy:
-        layer l during epochs [l·E, (l+1)·E), the last one from then on (E = greedy_epochs)."""
-        if self.schedule != "greedy":
-            return 0
-        return min(epochs_seen // self.greedy_epochs, len(self.circuit.blocks) - 1)
-
     def on_epoch_end(self, epoch: int) -> None:
         self.epochs_seen += 1
 
     def capture_key(self) -> Any:
         return self.stage_after(self.epochs_seen) if self.schedule == "greedy" else None
 
-    def get_extra_state(self) -> Any:
-        return {"epochs_seen": self.epochs_seen}
-
-    def set_extra_state(self, state: Any) -> None:
-        self.epochs_seen = int(state["epochs_seen"])
-
-    def rule_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schedule": self.schedule, "readout": self.readout}
-        if self.schedule == "greedy":
-            out["greedy_stage_reached"] = self.stage_after(self.epochs_seen) + 1
-        return out

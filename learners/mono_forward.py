@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from bioplaus.core import Circuit, Learner, Task
 from bioplaus.functional import accuracy
+from bioplaus.greedy import GreedyStages
 from bioplaus.optim import make_optimizer, set_lr
 from bioplaus.options import LearnerOptions, option
 from bioplaus.registry import register_learner
@@ -80,7 +81,7 @@ def class_scores(activity: Tensor, projection: Tensor) -> Tensor:
 
 
 @register_learner
-class MonoForward(Learner):
+class MonoForward(GreedyStages, Learner):
     """Local cross-entropy on a learned class projection of every block; inputs detached."""
 
     name = "mono_forward"
@@ -200,12 +201,6 @@ class MonoForward(Learner):
         return {first: out[first], **{k: v for k, v in out.items() if k != first}}
 
     # -- schedule -------------------------------------------------------------------------------
-    def stage_after(self, epochs_seen: int) -> int:
-        """Active block (0-based) once ``epochs_seen`` epochs are done, under the greedy schedule."""
-        if self.schedule != "greedy":
-            return 0
-        return min(epochs_seen // self.greedy_epochs, len(self.circuit.blocks) - 1)
-
     def lr_after(self, epochs_seen: int) -> float:
         """lr · lr_decay^k, k the epochs done since the current stage began (all epochs if simultaneous)."""
         stage = self.stage_after(epochs_seen)
@@ -216,15 +211,3 @@ class MonoForward(Learner):
         self.stage.fill_(self.stage_after(self.epochs_seen))
         if self.lr_decay != 1.0:  # in place: a captured graph sees the new rate
             set_lr(self.optimizer, self.lr_after(self.epochs_seen))
-
-    def get_extra_state(self) -> Any:
-        return {"epochs_seen": self.epochs_seen}
-
-    def set_extra_state(self, state: Any) -> None:
-        self.epochs_seen = int(state["epochs_seen"])
-
-    def rule_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schedule": self.schedule, "readout": self.readout}
-        if self.schedule == "greedy":
-            out["greedy_stage_reached"] = self.stage_after(self.epochs_seen) + 1
-        return out

@@ -1,0 +1,39 @@
+"""Layer-by-layer ("greedy") training stages, for rules that offer ``schedule=greedy``.
+
+With E = ``greedy_epochs``, block l (0-based) trains during epochs [l·E, (l+1)·E) and the last
+block from then on; under ``schedule=simultaneous`` every block trains every step (stage 0). A
+learner mixing `GreedyStages` in counts its ``on_epoch_end`` calls in ``epochs_seen`` (checkpointed
+as the module's extra state) and has the options ``schedule``, ``greedy_epochs`` and ``readout``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GreedyStages:
+    """``stage_after``, the checkpointed epoch count and the schedule's run metrics."""
+
+    schedule: str
+    greedy_epochs: int
+    readout: str
+    epochs_seen: int
+    circuit: Any
+
+    def stage_after(self, epochs_seen: int) -> int:
+        """Block (0-based) that trains once ``epochs_seen`` epochs are done (0 unless greedy)."""
+        if self.schedule != "greedy":
+            return 0
+        return min(epochs_seen // self.greedy_epochs, len(self.circuit.blocks) - 1)
+
+    def get_extra_state(self) -> Any:
+        return {"epochs_seen": self.epochs_seen}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.epochs_seen = int(state["epochs_seen"])
+
+    def rule_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schedule": self.schedule, "readout": self.readout}
+        if self.schedule == "greedy":
+            out["greedy_stage_reached"] = self.stage_after(self.epochs_seen) + 1
+        return out
