@@ -78,8 +78,8 @@ def timing_lock(command: str) -> Iterator[Path]:
         holder = handle.read().strip() or "a process that has not named itself yet"
         handle.close()
         raise UsageError(f"another benchmark is timing runs on this machine ({holder}); runs timed side "
-                         f"by side slow each other down. Wait for it to finish (lock {path}; "
-                         f"{LOCK_ENV}=FILE chooses another lock).") from None
+                         f"by side slow each other down. Wait for it to finish and run again (lock {path})."
+                         ) from None
     try:
         handle.truncate(0)
         handle.write(f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}: "
@@ -366,6 +366,25 @@ def time_rows(options: dict[str, Any], command: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_out(out: Path) -> None:
+    """`UsageError` unless ``out`` is, or can be made, a folder this process can write; checked
+    before any run is timed, and leaving nothing behind (a temporary folder is made and removed in
+    ``out`` or its nearest existing parent)."""
+    import tempfile
+
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        with tempfile.TemporaryDirectory(dir=probe, prefix=".write-test-"):
+            pass  # creating and removing a folder proves it writable
+    except OSError as e:
+        raise UsageError(f"--out {out}: not a folder bioplaus can write ({e.strerror or e}). "
+                         f"Choose another with --out DIR.") from None
+
+
 def main(args: list[str], default_experiments: list[str] = (), out: Path = Path("benchmarks/results"),
          name: str | None = None, prog: str = "bioplaus bench") -> Path:
     """Run the benchmark that ``args`` names; returns the Markdown file written. ``prog``: how the
@@ -385,6 +404,9 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
     for experiment in options["experiments"]:  # every preset and override checked before any run
         bioplaus.compose([f"experiment={experiment}", *options["overrides"]])
     out_json = Path(options["out"]) / f"{options['name']}.json"
+    if not options["experiments"] and not options["baselines"] and not out_json.exists():
+        raise UsageError(f"--no-run: no results file {out_json} to redraw. Name one with --name "
+                         f"(and --out DIR), or give EXPERIMENTs to run.")
     baselines = []
     for spec in options["baselines"]:
         stem, _, experiment = spec.partition(":")
@@ -396,6 +418,7 @@ def main(args: list[str], default_experiments: list[str] = (), out: Path = Path(
         if row is None:
             raise UsageError(f"--baseline {spec}: {source_file} has no row '{experiment}'.")
         baselines.append({**row, "from": f"{stem}.json"})
+    _check_out(Path(options["out"]))
 
     command = shlex.join([*shlex.split(prog), *args])
     rows = []

@@ -238,9 +238,27 @@ def _append_traceback(run_path: Path, error: BaseException) -> None:
         f.write("".join(traceback.format_exception(error)))
 
 
+#: config roots a resumed run keeps: its checkpoint holds the weights and state they define
+FIXED_ON_RESUME = ("learner", "circuit", "data", "seed", "experiment")
+
+
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """The saved config of a run, with ``key=value`` overrides (e.g. ``trainer.epochs=30``)."""
+    """The saved config of a run, with ``key=value`` overrides (e.g. ``trainer.epochs=30``).
+
+    Only how the run trains on, logs and runs may change (``trainer.*``, ``logger.*``, ``paths.*``,
+    ``runtime.*``, ``device``, ``threads``, ``plots``); a key under `FIXED_ON_RESUME` is a
+    `UsageError`, since the checkpoint holds the weights and state of the saved learner, circuit
+    and data."""
     from omegaconf import OmegaConf
+
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.split(".", 1)[0] in FIXED_ON_RESUME:
+            raise UsageError(f"{key} cannot change when a run resumes: trainer.resume={run_dir} continues "
+                             f"its saved learner, circuit, data and seed, whose weights and state its "
+                             f"checkpoint holds. Leave {key} out to resume, or start a new run to change "
+                             f"it (trainer.*, logger.*, paths.*, runtime.*, device, threads and plots may "
+                             f"change).")
 
     path = Path(run_dir) / "config.yaml"
     if not (Path(run_dir) / "checkpoints" / "last.pt").exists() or not path.exists():

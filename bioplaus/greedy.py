@@ -33,7 +33,11 @@ class GreedyStages:
         self.epochs_seen = int(state["epochs_seen"])
 
     def rule_metrics(self) -> dict[str, Any]:
+        """The schedule and readout; under greedy, ``greedy_stage_reached``: the 1-based block that
+        trained in the last epoch done, and ``greedy_stages``: how many blocks there are (a run
+        whose last block never trained reads a readout on untrained layers)."""
         out: dict[str, Any] = {"schedule": self.schedule, "readout": self.readout}
         if self.schedule == "greedy":
-            out["greedy_stage_reached"] = self.stage_after(self.epochs_seen) + 1
+            out["greedy_stage_reached"] = self.stage_after(max(self.epochs_seen - 1, 0)) + 1
+            out["greedy_stages"] = len(self.circuit.blocks)
         return out

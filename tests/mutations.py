@@ -116,6 +116,11 @@ def run(name: str) -> list[str]:
 
 
 def main(names: list[str]) -> int:
+    if any(n in ("-h", "--help") for n in names):
+        print(__doc__.strip())
+        print(f"\nMutations: {', '.join([*MUTATIONS, 'frozen_hidden'])}.\nEach line lists the tests that "
+              "failed under the mutation (failing tests mean it was caught); exit 1 if one survives.")
+        return 0
     unknown = [n for n in names if n not in MUTATIONS and n != "frozen_hidden"]
     if unknown:
         print(f"unknown mutation(s) {', '.join(unknown)}; known: {', '.join([*MUTATIONS, 'frozen_hidden'])}",

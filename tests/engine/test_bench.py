@@ -69,10 +69,14 @@ def test_bad_bench_input_exits_2_before_any_run(tmp_path: Path) -> None:
         "bad seeds": (["fmnist_bp_mlp", "--seeds", "x"], ["--seeds"]),
         "missing baseline": (["--no-run", "--baseline", "nope:fmnist_bp_mlp"], ["no results file"]),
         "baseline without colon": (["--no-run", "--baseline", "nope"], ["STEM:EXPERIMENT"]),
+        "nothing to redraw": (["--no-run", "--name", "nosuch"], ["no results file", "nosuch.json"]),
+        "out is a file": (["fmnist_bp_mlp", "--out", str(tmp_path / "a-file" / "out")], ["--out", "a-file"]),
     }
+    (tmp_path / "a-file").write_text("not a folder")
     for case, (args, needles) in cases.items():
         runs, out = tmp_path / "runs", tmp_path / "out"
-        result = run_cli("bench", *args, "--out", str(out), "--runs", str(runs), "data=digits")
+        where = [] if "--out" in args else ["--out", str(out)]
+        result = run_cli("bench", *args, *where, "--runs", str(runs), "data=digits")
         assert result.returncode == 2, (case, result.stderr)
         assert result.stderr.startswith("bioplaus: error:") and "Traceback" not in result.stderr, case
         for needle in needles:
@@ -111,7 +115,7 @@ def test_a_second_bench_refuses_to_time_while_one_holds_the_lock(tmp_path: Path)
         assert second.returncode == 2, second.stderr
         assert "another benchmark is timing runs" in second.stderr and "Traceback" not in second.stderr
         assert f"pid {holder.pid}" in second.stderr and "bioplaus bench fmnist_ff_mlp" in second.stderr
-        assert "BIOPLAUS_BENCH_LOCK" in second.stderr
+        assert str(lock) in second.stderr  # names the lock it found held
         assert not runs.exists() and not out.exists()  # nothing timed, nothing written
     finally:
         holder.kill()

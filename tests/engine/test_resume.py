@@ -15,6 +15,8 @@ from unittest import mock
 import pytest
 import torch
 
+import bioplaus
+from bioplaus.errors import UsageError
 from tests.helpers import last_line, run_cli, summary_of
 
 # slow enough per epoch (small batches) that a kill lands inside an epoch
@@ -117,3 +119,17 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, name: str)
         return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
 
     assert epochs(tmp_path / "full") == epochs(tmp_path / "cut")
+
+
+@pytest.mark.parametrize("override", ["learner=forward_forward", "circuit.hidden=[8]", "data=fashion_mnist",
+                                      "seed=3"])
+def test_resume_refuses_to_change_what_the_checkpoint_holds(override: str, tmp_path: Path) -> None:
+    """A resumed run keeps its learner, circuit, data and seed: changing one is a UsageError naming
+    the key, before anything is loaded (no traceback from the config or the checkpoint)."""
+    from bioplaus.engine import resume_config
+
+    run = bioplaus.compose(["learner=backprop", "circuit.hidden=[16]", "trainer.epochs=1", "plots=false"])
+    done = bioplaus.train(run, run_dir=tmp_path / "run", quiet=True)
+    with pytest.raises(UsageError, match=override.split("=")[0].replace("[", r"\[")):
+        resume_config(done["run_dir"], [override, "trainer.epochs=2"])
+    assert resume_config(done["run_dir"], ["trainer.epochs=2", "threads=1"]).trainer.epochs == 2

@@ -343,6 +343,10 @@ def test_greedy_schedule_trains_one_layer_at_a_time():
     restored.load_state_dict(learner.state_dict())
     assert restored.epochs_seen == 7 and restored.trained_layers() == (2, 2)
     assert restored.rule_metrics()["greedy_stage_reached"] == 3
+    two = make(schedule="greedy", greedy_epochs=2)  # two epochs done: both trained the first layer
+    two.on_epoch_end(1)
+    two.on_epoch_end(2)
+    assert two.rule_metrics()["greedy_stage_reached"] == 1 and two.rule_metrics()["greedy_stages"] == 3
     assert make().trained_layers() == (0, 2) and make().capture_key() is None
 
 
