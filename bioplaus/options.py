@@ -53,7 +53,7 @@ def _type_text(annotation: Any) -> str:
             item, *metadata = get_args(item)
             constraint = _range_text(metadata)
         inner = _type_text(item).removeprefix("a ").removeprefix("an ")
-        return f"a list of {inner}s" + (f", each {constraint}," if constraint else "")
+        return f"a list of {inner}s" + (f", each {constraint}" if constraint else "")
     if origin is not None and type(None) in args:  # Optional[X]
         rest = [a for a in args if a is not type(None)]
         return "null or " + " or ".join(_type_text(a) for a in rest)
