@@ -251,6 +251,10 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     and data."""
     from omegaconf import OmegaConf
 
+    path = Path(run_dir) / "config.yaml"
+    if not (Path(run_dir) / "checkpoints" / "last.pt").exists() or not path.exists():
+        raise UsageError(f"trainer.resume={run_dir}: no checkpoints/last.pt and config.yaml there to "
+                         f"resume from.")
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if key.split(".", 1)[0] in FIXED_ON_RESUME:
@@ -259,11 +263,6 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
                              f"checkpoint holds. Leave {key} out to resume, or start a new run to change "
                              f"it (trainer.*, logger.*, paths.*, runtime.*, device, threads and plots may "
                              f"change).")
-
-    path = Path(run_dir) / "config.yaml"
-    if not (Path(run_dir) / "checkpoints" / "last.pt").exists() or not path.exists():
-        raise UsageError(f"trainer.resume={run_dir}: no checkpoints/last.pt and config.yaml there to "
-                         f"resume from.")
     cfg = checkpoint.read_config(path)  # plain data: a Python tag is a UsageError
     OmegaConf.set_struct(cfg, True)
     try:
