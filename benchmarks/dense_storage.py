@@ -189,8 +189,6 @@ def main() -> None:
                **{key: dict(zip(map(str, args.orders), values, strict=True))
                   for key, values in per_p.items()},
                "precision": args.precision, "figure": f"{args.out}.png", "rows": rows, "fits": fits}
-    for row in rows:                                      # every row names its code and command
-        row.update(commit=payload["commit"], command=payload["command"])
     out = RESULTS / f"{args.out}.json"
     save_results(out, payload, render)
     figure(out.with_suffix(".png"), payload)

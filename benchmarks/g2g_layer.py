@@ -137,6 +137,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:  # every row names the code and command that measured it
+        row.update(commit=payload["commit"], command=payload["command"])
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     names = list(rows[0]["ms"])
     lines = [

@@ -293,7 +293,13 @@ def markdown_header(title: str, payload: dict[str, Any], protocol: str) -> list[
 def save_results(out_json: Path, payload: dict[str, Any],
                  render: Callable[[Path, dict[str, Any]], None]) -> Path:
     """Write ``payload`` to ``out_json`` and its Markdown table (``render``) beside it; returns the
-    Markdown file. Shared by `bioplaus bench` and the scripts in ``benchmarks/``."""
+    Markdown file. Shared by `bioplaus bench` and the scripts in ``benchmarks/``. A row without its
+    own ``commit`` / ``command`` takes the payload's, so every row names the code and command that
+    measured it."""
+    for row in payload.get("rows", []):
+        for key in ("commit", "command"):
+            if key in payload and isinstance(row, dict):
+                row.setdefault(key, payload[key])
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(payload, indent=2) + "\n")
     markdown = out_json.with_suffix(".md")
@@ -378,8 +384,7 @@ def _check_out(out: Path) -> None:
     try:
         if not probe.is_dir():
             raise NotADirectoryError(f"{probe} is a file")
-        with tempfile.TemporaryDirectory(dir=probe, prefix=".write-test-"):
-            pass  # creating and removing a folder proves it writable
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-test-"))  # made and removed: writable
     except OSError as e:
         raise UsageError(f"--out {out}: not a folder bioplaus can write ({e.strerror or e}). "
                          f"Choose another with --out DIR.") from None

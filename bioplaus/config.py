@@ -277,8 +277,9 @@ def check_runs_root(root: str | Path) -> Path:
         if existing != path.absolute() and not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "permission denied", str(existing))
         if existing == path.absolute():
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass  # creating and removing a file proves the folder writable
+            handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(handle)
+            os.remove(probe)  # a file made and removed: the folder is writable
     except OSError as e:
         raise UsageError(
             f"the runs root '{path}' is not writable ({e.strerror or e}). "

@@ -483,17 +483,17 @@ class NullLog:
     quiet = True
 
     def __call__(self, line: str) -> None:
-        pass
+        """Drop ``line``: rank 0 alone logs."""
 
     def close(self) -> None:
-        pass
+        """Nothing was opened."""
 
 
 class NullMetrics:
     """``metrics.jsonl`` of a rank that writes nothing."""
 
     def truncate_after(self, epoch: int) -> None:
-        pass
+        """Nothing was written to cut."""
 
     def write(self, record: dict[str, Any]) -> None:
-        pass
+        """Drop ``record``: rank 0 alone writes metrics."""
