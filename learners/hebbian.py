@@ -111,7 +111,8 @@ from bioplaus.registry import register_learner
 
 def krotov_drive(weight: Tensor, v: Tensor, p: float) -> Tensor:
     """I = v·(sgn(W)|W|^{p−1})ᵀ, shape (B, units), for W (units, D) and v (B, D)."""
-    return v @ (weight.sign() * weight.abs().pow(p - 1)).t()
+    metric = weight if p == 2 else weight * (weight.abs() if p == 3 else weight.abs().pow(p - 2))
+    return v @ metric.t()  # sgn(w)|w|^{p−1} = w|w|^{p−2} (p ≥ 2)
 
 
 def krotov_activity(drive: Tensor, k: int, delta: float) -> Tensor:
@@ -124,10 +125,19 @@ def krotov_activity(drive: Tensor, k: int, delta: float) -> Tensor:
 
 
 def krotov_update(weight: Tensor, v: Tensor, p: float, k: int, delta: float) -> Tensor:
-    """D / max|D| with D_μi = Σ_b g_μ (v_i − I_μ W_μi): the update of unit size (largest entry 1)."""
+    """D / max|D| with D_μi = Σ_b g_μ (v_i − I_μ W_μi): the update of unit size (largest entry 1).
+
+    g (`krotov_activity`) has two nonzero entries per example, so Σ_b g_μ v_i and Σ_b g_μ I_μ are
+    sums over each example's winner (weight 1) and k-th unit (weight −Δ), added row by row instead of
+    multiplying by the dense g."""
     drive = krotov_drive(weight, v, p)
-    g = krotov_activity(drive, k, delta)
-    d = g.t() @ v - (g * drive).sum(0).unsqueeze(1) * weight
+    ranked = torch.topk(drive, k, dim=1).indices
+    first, kth = ranked[:, 0], ranked[:, k - 1]
+    hebb = torch.zeros_like(weight).index_add_(0, first, v).index_add_(0, kth, v, alpha=-delta)
+    drive_sum = (torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+                 .index_add_(0, first, drive.gather(1, first.unsqueeze(1)).squeeze(1))
+                 .index_add_(0, kth, drive.gather(1, kth.unsqueeze(1)).squeeze(1), alpha=-delta))
+    d = hebb - drive_sum.unsqueeze(1) * weight
     return d / d.abs().amax().clamp_min(1e-30)
 
 
@@ -149,7 +159,8 @@ def oja_update(weight: Tensor, v: Tensor) -> Tensor:
     the batch's mean input power; shape of ``weight``."""
     y = v @ weight.t()
     power = v.pow(2).sum(1).mean().clamp_min(1e-12)
-    return (y.t() @ v - (y.t() @ y) @ weight) / (v.shape[0] * power)
+    # yᵀ(y W), not (yᵀy) W: B·units·D multiply-adds instead of units²·D (2000 units: 20× fewer)
+    return (y.t() @ (v - y @ weight)) / (v.shape[0] * power)
 
 
 def row_norms(weight: Tensor, p: float) -> Tensor:
