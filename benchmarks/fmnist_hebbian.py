@@ -37,6 +37,9 @@ from bioplaus.engine import train
 from bioplaus.errors import UsageError
 from bioplaus.tracking import machine_description
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_hebbian import accuracy as frozen_accuracy  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 NET = ["circuit=mlp", "circuit.hidden=[2000]"]
 ROWS: dict[str, list[str]] = {
@@ -63,7 +66,7 @@ def commit() -> str:
         return "unknown"
 
 
-def run_row(name: str, common: list[str], data: Any, runs: Path) -> dict[str, Any]:
+def run_row(name: str, common: list[str], data: Any, runs: Path, untrained: bool) -> dict[str, Any]:
     cfg = compose([*ROWS[name], *common])
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -80,7 +83,10 @@ def run_row(name: str, common: list[str], data: Any, runs: Path) -> dict[str, An
     }
     if cfg.learner.name == "hebbian":
         row["hebbian_epochs"] = int(cfg.learner.hebbian_epochs)
-    print(f"{name}: test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.0f} s training, "
+        if untrained:  # the same readout, config and seed, the plasticity rate held at 0
+            row["untrained_test_accuracy"] = frozen_accuracy([*ROWS[name], *common], trained=False)[0]
+    print(f"{name}: test accuracy {row['test_accuracy']:.4f} (untrained hidden "
+          f"{row.get('untrained_test_accuracy', float('nan')):.4f}), {row['train_seconds']:.0f} s training, "
           f"load {load_before:.1f}→{load_after:.1f}", file=sys.stderr, flush=True)
     return row
 
@@ -99,10 +105,12 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "unless `--epochs` sets one budget for all. "
         "`train s` is training time only; `load` is the 1-minute load average before → "
         "after the row (the machine has 2 cores and was shared: times at a load above 1 are slower "
-        "than an idle machine's, ratios between rows are rougher still).")
-    lines += ["| row | what | test acc. (%) | vs linear (points) | vs backprop (points) | epochs "
-              "(plasticity) | batch | train s | samples/s | load |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        "than an idle machine's, ratios between rows are rougher still). `untrained hidden`: the same "
+        "readout, config and seed with the plasticity rate held at 0 (the hidden weights keep their "
+        "initial values), test accuracy after the last epoch — what the plasticity adds.")
+    lines += ["| row | what | test acc. (%) | vs linear (points) | vs backprop (points) | untrained hidden "
+              "(%) | epochs (plasticity) | batch | train s | samples/s | load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     linear = rows.get("linear", {}).get("test_accuracy")
     backprop = rows.get("backprop", {}).get("test_accuracy")
     for r in payload["rows"]:
@@ -110,7 +118,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         vs_lin = f"{100 * (acc - linear):+.2f}" if linear is not None else "—"
         vs_bp = f"{100 * (acc - backprop):+.2f}" if backprop is not None else "—"
         epochs = f"{r['epochs']} ({r['hebbian_epochs']})" if "hebbian_epochs" in r else str(r["epochs"])
-        lines.append(f"| {r['row']} | {r['what']} | {100 * acc:.2f} | {vs_lin} | {vs_bp} | {epochs} | "
+        base = f"{100 * r['untrained_test_accuracy']:.2f}" if "untrained_test_accuracy" in r else "—"
+        lines.append(f"| {r['row']} | {r['what']} | {100 * acc:.2f} | {vs_lin} | {vs_bp} | {base} | {epochs} | "
                      f"{r['batch_size']} | {r['train_seconds']:.0f} | {r['samples_per_second']:.0f} | "
                      f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
     path.write_text("\n".join(lines) + "\n")
@@ -127,6 +136,8 @@ def main(argv: list[str]) -> Path:
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train on the first N images of the training split (the test split stays whole)")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench" / "fmnist_hebbian")
+    parser.add_argument("--no-untrained", dest="untrained", action="store_false",
+                        help="skip the untrained-hidden run beside each Hebbian row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     common = [f"threads={args.threads}", f"seed={args.seed}", "data.normalize=unit", "trainer.progress=none",
@@ -143,7 +154,7 @@ def main(argv: list[str]) -> Path:
     rows = []
     for name in args.rows:
         extra = hebbian_only if name not in ("linear", "backprop") else []
-        rows.append(run_row(name, [*shared, *extra], data, args.runs))
+        rows.append(run_row(name, [*shared, *extra], data, args.runs, args.untrained))
     out_json = HERE / "results" / "fmnist_hebbian.json"
     done = {r["row"] for r in rows}
     kept = []  # rows of an earlier call with the same command budget stay (re-run rows replace theirs)
