@@ -78,9 +78,10 @@ def _resume_dir(overrides: list[str]) -> str | None:
 def _print_run_dir(run_dir: str) -> None:
     """The last line of a run: its folder (once per job: rank 0 of a torchrun job prints it)."""
     from bioplaus.distributed import is_writer
+    from bioplaus.tracking import to_stdout
 
     if is_writer():
-        print(run_dir, flush=True)
+        to_stdout(run_dir)
 
 
 def _resume(run_dir: str, overrides: list[str]) -> None:
@@ -167,7 +168,7 @@ def _task(cfg: Any) -> None:
         if not multirun:
             sys.exit(1)
         return
-    print(summary["run_dir"], flush=True)
+    _print_run_dir(summary["run_dir"])
 
 
 def run(args: list[str]) -> None:

@@ -61,6 +61,18 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def to_stdout(line: str) -> None:
+    """Print ``line`` to stdout. If its reader has gone (``bioplaus run ... | head``), stdout is
+    pointed at the null device for the rest of the process and the run goes on: its log, metrics,
+    checkpoints and summary are written as usual."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 class RunLog:
     """Writes lines to ``log.txt`` and, unless quiet, to the terminal."""
 
@@ -72,7 +84,7 @@ class RunLog:
     def __call__(self, line: str) -> None:
         self._file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
         if not self.quiet:
-            print(line, flush=True)
+            to_stdout(line)
 
     def close(self) -> None:
         self._file.close()

@@ -34,6 +34,27 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert "val_accuracy" in records[-1] and "train_loss" in records[-1]
 
 
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    """`bioplaus run ... | head -1`: stdout's reader leaves after the first line; the run goes on
+    and completes (summary, log, metrics), exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bioplaus", "run", *QUICK, "trainer.epochs=3",
+                             f"paths.runs={tmp_path}/runs"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert first.startswith("backprop on mlp / digits")
+    (run_dir,) = (tmp_path / "runs").glob("*/*")
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_hydra_run_dir_pins_the_folder(tmp_path: Path) -> None:
     target = tmp_path / "exact"
     result = run_cli("run", *QUICK, "trainer.epochs=1", f"hydra.run.dir={target}")
