@@ -266,7 +266,10 @@ def _positive_int(cfg: Any, key: str) -> None:
 
 
 def check_runs_root(root: str | Path) -> Path:
-    """Prove the runs root writable (or creatable) without creating it; `UsageError` if it is not."""
+    """Prove the runs root writable (or creatable) without leaving anything behind; `UsageError` if
+    it is not. The probe creates (and removes) a file in the root, or a folder in its nearest
+    existing parent: permission bits alone would pass a root user, or a parent such as /proc where
+    nothing can be created."""
     path = Path(os.path.expanduser(str(root)))
     try:  # nothing is created here: the run creates its folder once the config is valid
         existing = path.absolute()
@@ -274,9 +277,9 @@ def check_runs_root(root: str | Path) -> Path:
             existing = existing.parent
         if not existing.is_dir():
             raise NotADirectoryError(20, "not a directory", str(existing))
-        if existing != path.absolute() and not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(13, "permission denied", str(existing))
-        if existing == path.absolute():
+        if existing != path.absolute():  # a folder made and removed where the root would go
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-test-"))
+        else:
             handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
             os.close(handle)
             os.remove(probe)  # a file made and removed: the folder is writable

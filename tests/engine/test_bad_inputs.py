@@ -167,6 +167,8 @@ RUN: dict[str, tuple[Callable[[Sandbox], list[str]], str]] = {
     "val fraction out of range": (lambda sb: ["data.val_fraction=1.5"], "val_fraction"),
     "resume of nothing": (lambda sb: [f"trainer.resume={sb.data}/nothing"], "last.pt"),
     "runs root is a file": (lambda sb: [f"paths.runs={_a_file(sb)}/runs"], "not writable"),
+    # nothing can be created under /proc, whatever the permission bits say (and root passes those)
+    "runs root under /proc": (lambda sb: ["paths.runs=/proc/bioplaus-runs"], "not writable"),
     "missing mnist": (lambda sb: ["data=mnist", f"data.root={sb.data}/none"], "not found"),
     "instantiation key": (lambda sb: ["+_target_=os.system"], "_target_"),
     "hydra callback": (lambda sb: ["+hydra.callbacks.x._target_=builtins.print"], "_target_"),
