@@ -10,7 +10,8 @@ hands out fresh zeroed pages, one page fault per 4 KiB. `keep_freed_memory` tell
 keeps its peak memory until it exits.
 
 The engine calls it once when it builds a run on the CPU. ``BIOPLAUS_MALLOC=default`` in the
-environment leaves the allocator as it is. Elsewhere (no glibc: macOS, Windows, musl) it does
+environment leaves the allocator as it is; another value than those `setting` lists is refused
+when the run's config is validated. Elsewhere (no glibc: macOS, Windows, musl) it does
 nothing.
 """
 
@@ -27,7 +28,24 @@ M_MMAP_MAX = -4
 #: the environment variable that switches the setting off (value ``default``)
 ENV = "BIOPLAUS_MALLOC"
 
+#: values of ``BIOPLAUS_MALLOC``: keep freed memory (the default) or leave the allocator alone
+KEEP = ("", "keep", "on", "1", "true", "yes")
+DEFAULT = ("default", "off", "0", "false", "no")
+
 _applied: bool | None = None
+
+
+def setting() -> str:
+    """``BIOPLAUS_MALLOC`` as given (stripped, lower case); `UsageError` for a value that is
+    neither a keep value (unset, ``keep``, ``on``, ``1``, ``true``, ``yes``) nor a default value
+    (``default``, ``off``, ``0``, ``false``, ``no``)."""
+    from bioplaus.errors import UsageError
+
+    value = os.environ.get(ENV, "").strip().lower()
+    if value not in KEEP + DEFAULT:
+        raise UsageError(f"{ENV}={os.environ[ENV]!r} in the environment: use {ENV}=default to leave "
+                         f"the C allocator as it is, or unset it (or {ENV}=keep) to keep freed memory.")
+    return value
 
 
 def keep_freed_memory() -> bool:
@@ -40,7 +58,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get(ENV, "").strip().lower() in ("default", "off", "0", "false", "no"):
+    if os.environ.get(ENV, "").strip().lower() not in KEEP:  # a bad value is refused by `setting`
         return False
     if not sys.platform.startswith("linux"):
         return False

@@ -340,6 +340,9 @@ def _check_trainer(cfg: Any) -> None:
 
 
 def _check_machine(cfg: Any) -> None:
+    from bioplaus import allocator
+
+    allocator.setting()  # BIOPLAUS_MALLOC
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise UsageError(f"threads must be null (all cores) or a positive integer; got {threads!r}.")

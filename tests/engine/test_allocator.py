@@ -45,3 +45,23 @@ def test_idempotent_and_never_raises():
 
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() is first
+
+
+@pytest.mark.parametrize("value", ["bogus", "defualt", "2"])
+def test_a_bad_setting_is_refused_before_the_run(value, tmp_path, monkeypatch):
+    """A misspelt BIOPLAUS_MALLOC exits 2 naming the variable and its values; no run folder."""
+    from tests.helpers import cli_in_process
+
+    monkeypatch.setenv("BIOPLAUS_MALLOC", value)
+    result = cli_in_process("run", "trainer.epochs=1", f"paths.runs={tmp_path}/runs")
+    assert result.returncode == 2
+    assert "BIOPLAUS_MALLOC" in result.stderr and "default" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["default", "OFF", "keep", ""])
+def test_good_settings_pass_validation(value, monkeypatch):
+    from bioplaus import allocator
+
+    monkeypatch.setenv("BIOPLAUS_MALLOC", value)
+    assert allocator.setting() == value.lower()
