@@ -396,8 +396,10 @@ def list_all() -> None:
 
 # -- compare ------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = ("learner", "circuit", "data", "seed", "status", "epochs_completed", "test_accuracy",
-                   "best_val_accuracy", "train_seconds", "samples_per_second", "peak_memory_bytes")
+#: columns of `bioplaus compare`; ``test`` and ``best_val`` are the run's monitored ``metric``
+#: (summary keys ``test_<metric>``, ``best_val_<metric>``)
+COMPARE_COLUMNS = ("learner", "circuit", "data", "seed", "status", "epochs_completed", "metric", "test",
+                   "best_val", "train_seconds", "samples_per_second", "peak_memory_bytes")
 
 
 def _plot_option(args: list[str]) -> tuple[list[str], str | None]:
@@ -451,12 +453,13 @@ def compare(args: list[str]) -> None:
         if not isinstance(summary, dict):
             raise UsageError(f"{run_dir / 'summary.json'} holds no mapping; it is not a run summary.")
         row = {"run": run_dir.name}
+        # the monitored metric of each run: accuracy for classifiers, a named readout's accuracy
+        # (trainer.monitor), overlap for memory tasks
         monitor = summary.get("monitor", "accuracy")
+        figures = {"metric": monitor, "test": summary.get(f"test_{monitor}"),
+                   "best_val": summary.get(f"best_val_{monitor}")}
         for key in COMPARE_COLUMNS:
-            # the monitored metric of each run (accuracy for classifiers, e.g. overlap for memory)
-            value = summary.get(key.replace("accuracy", monitor))
-            if monitor != "accuracy" and key.endswith("accuracy"):
-                value = f"{value:.4f} {monitor}" if isinstance(value, float) else value
+            value = figures[key] if key in figures else summary.get(key)
             if key == "peak_memory_bytes" and isinstance(value, (int, float)):
                 key, value = "peak_mem_mib", round(value / 2**20)
             elif isinstance(value, float):
