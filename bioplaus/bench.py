@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -132,8 +133,21 @@ def _run_here(name: str, seed: int, overrides: list[str], runs: Path) -> dict[st
     summary["epochs"] = int(cfg.trainer.epochs)
     summary["batch_size"] = int(cfg.trainer.batch_size)
     summary["overrides"] = list(overrides)
-    summary["published"] = str(cfg.get("published") or "")  # the experiment YAML's `published:`
+    summary["changed"] = changed_by(overrides)
+    # the experiment YAML's `published:` figure, unless the overrides changed what it was measured on
+    summary["published"] = "" if summary["changed"] else str(cfg.get("published") or "")
     return summary
+
+
+#: override groups that change what a preset measures (its paper figure no longer applies)
+CHANGING_GROUPS = ("data", "circuit", "learner", "experiment")
+
+
+def changed_by(overrides: list[str]) -> list[str]:
+    """The overrides that change a preset's data, circuit or learner (``data=digits``,
+    ``circuit.hidden=[32]``, ``+learner.x=1``); budget and machine overrides (``trainer.*``,
+    ``threads``, ``device``) are not among them."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in CHANGING_GROUPS]
 
 
 def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,8 +155,9 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     first = summaries[0]
     metric = first.get("monitor", "accuracy")       # the runs' monitored metric, e.g. overlap
     accs = [s[f"test_{metric}"] for s in summaries]
-    return {
-        "experiment": name,
+    changed = first.get("changed", [])
+    return {  # a preset run with changed data/circuit/learner is a row of its own, named by the change
+        "experiment": f"{name} [{' '.join(changed)}]" if changed else name,
         "learner": first["learner"],
         "circuit": first["circuit_description"],
         "data": first["data"],
@@ -178,7 +193,7 @@ def aggregate(name: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def keep_runs(row: dict[str, Any], out: Path, name: str) -> None:
     """Copy the small files of each run of ``row`` to ``out/runs/NAME/EXPERIMENT/seedS/`` (replacing
     an earlier row's) and record those folders, relative to ``out``, in ``row['kept_runs']``."""
-    folder = out / "runs" / name / row["experiment"]
+    folder = out / "runs" / name / re.sub(r"[^\w.=+-]+", "_", row["experiment"]).strip("_")
     shutil.rmtree(folder, ignore_errors=True)
     row["kept_runs"] = []
     for seed, run_dir in zip(row["seeds"], row["run_dirs"], strict=True):

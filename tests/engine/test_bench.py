@@ -29,8 +29,11 @@ def test_bench_writes_rows_keeps_them_and_copies_baselines(tmp_path: Path) -> No
 
     payload = json.loads((out / "t.json").read_text())
     rows = {r["experiment"]: r for r in payload["rows"]}
-    assert set(rows) == {"fmnist_bp_mlp", "fmnist_mf_mlp"}  # the first call's row was kept
-    bp = rows["fmnist_bp_mlp"]
+    # presets run on other data and another net: rows of their own, named by the change, no paper figure
+    bp_name, mf_name = (f"{e} [data=digits circuit.hidden=[16]]" for e in ("fmnist_bp_mlp", "fmnist_mf_mlp"))
+    assert set(rows) == {bp_name, mf_name}  # the first call's row was kept
+    bp = rows[bp_name]
+    assert bp["paper"] == "" == rows[mf_name]["paper"]
     assert bp["seeds"] == [0, 1] and len(bp["run_dirs"]) == 2
     for run_dir, accuracy in zip(bp["run_dirs"], bp["test_accuracies"], strict=True):
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
@@ -39,26 +42,27 @@ def test_bench_writes_rows_keeps_them_and_copies_baselines(tmp_path: Path) -> No
     assert bp["circuit"] == "mlp 64-16" and bp["epochs"] == 2 and bp["overrides"] == ON_DIGITS
     assert bp["machine"] and bp["torch"] and bp["samples_per_second_mean"] > 0
     # provenance: the code, the exact command, the load around each run, the kept small files
-    assert re.fullmatch(r"[0-9a-f]{7,40}", bp["commit"]) and bp["commit"] == rows["fmnist_mf_mlp"]["commit"]
+    assert re.fullmatch(r"[0-9a-f]{7,40}", bp["commit"]) and bp["commit"] == rows[mf_name]["commit"]
     assert bp["command"] == shlex.join(["bioplaus", "bench", "fmnist_bp_mlp", "--seeds", "0", "1", *common])
     assert bp["run_commands"][1] == shlex.join(["bioplaus", "run", "experiment=fmnist_bp_mlp", "seed=1",
                                                 *ON_DIGITS])
     assert len(bp["load_before"]) == len(bp["load_after"]) == 2 and bp["captured"] == [False, False]
-    assert bp["kept_runs"] == ["runs/t/fmnist_bp_mlp/seed0", "runs/t/fmnist_bp_mlp/seed1"]
+    folder = "runs/t/fmnist_bp_mlp_data=digits_circuit.hidden=_16"
+    assert bp["kept_runs"] == [f"{folder}/seed0", f"{folder}/seed1"]
     for kept, run_dir in zip(bp["kept_runs"], bp["run_dirs"], strict=True):
         assert sorted(p.name for p in (out / kept).iterdir()) == ["config.yaml", "metrics.jsonl",
                                                                    "summary.json"]
         assert (out / kept / "summary.json").read_text() == (Path(run_dir) / "summary.json").read_text()
     table = (out / "t.md").read_text()
-    assert "| fmnist_bp_mlp | backprop | mlp 64-16 |" in table and "±" in table
-    assert "| fmnist_mf_mlp | mono_forward |" in table
-    assert f"- fmnist_bp_mlp: `{bp['command']}` (commit {bp['commit']}" in table
+    assert f"| {bp_name} | backprop | mlp 64-16 |" in table and "±" in table
+    assert f"| {mf_name} | mono_forward |" in table
+    assert f"- {bp_name}: `{bp['command']}` (commit {bp['commit']}" in table
 
-    copy = run_cli("bench", "--no-run", "--name", "u", "--out", str(out), "--baseline", "t:fmnist_bp_mlp")
+    copy = run_cli("bench", "--no-run", "--name", "u", "--out", str(out), "--baseline", f"t:{bp_name}")
     assert copy.returncode == 0, copy.stderr
     copied = json.loads((out / "u.json").read_text())["rows"]
-    assert [r["experiment"] for r in copied] == ["fmnist_bp_mlp"] and copied[0]["from"] == "t.json"
-    assert "fmnist_bp_mlp (from t.json)" in (out / "u.md").read_text()
+    assert [r["experiment"] for r in copied] == [bp_name] and copied[0]["from"] == "t.json"
+    assert f"{bp_name} (from t.json)" in (out / "u.md").read_text()
 
 
 def test_bad_bench_input_exits_2_before_any_run(tmp_path: Path) -> None:
@@ -94,7 +98,7 @@ def test_per_run_peak_memory_is_not_the_high_water_mark_of_an_earlier_run(tmp_pa
     assert big.returncode == 0, big.stderr
     small = run_cli("bench", "fmnist_mf_mlp", *common, "circuit.hidden=[8]")
     assert small.returncode == 0, small.stderr
-    rows = {r["experiment"]: r for r in json.loads((out / "m.json").read_text())["rows"]}
+    rows = {r["experiment"].split(" ")[0]: r for r in json.loads((out / "m.json").read_text())["rows"]}
     big_peak, small_peak = (rows[e]["peak_memory_bytes_max"] for e in ("fmnist_bp_mlp", "fmnist_mf_mlp"))
     # 784·4000 + 4000² float32 weights with Adam's two moments and gradients: > 250 MiB more
     assert big_peak - small_peak > 250 * 2**20, (big_peak, small_peak)
