@@ -38,7 +38,7 @@ from bioplaus.errors import UsageError
 from bioplaus.tracking import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_hebbian import accuracy as frozen_accuracy  # noqa: E402
+from digits_hebbian import accuracy as frozen_accuracy
 
 HERE = Path(__file__).resolve().parent
 NET = ["circuit=mlp", "circuit.hidden=[2000]"]
@@ -119,8 +119,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         vs_bp = f"{100 * (acc - backprop):+.2f}" if backprop is not None else "—"
         epochs = f"{r['epochs']} ({r['hebbian_epochs']})" if "hebbian_epochs" in r else str(r["epochs"])
         base = f"{100 * r['untrained_test_accuracy']:.2f}" if "untrained_test_accuracy" in r else "—"
-        lines.append(f"| {r['row']} | {r['what']} | {100 * acc:.2f} | {vs_lin} | {vs_bp} | {base} | {epochs} | "
-                     f"{r['batch_size']} | {r['train_seconds']:.0f} | {r['samples_per_second']:.0f} | "
+        lines.append(f"| {r['row']} | {r['what']} | {100 * acc:.2f} | {vs_lin} | {vs_bp} | {base} | "
+                     f"{epochs} | {r['batch_size']} | {r['train_seconds']:.0f} | {r['samples_per_second']:.0f} | "
                      f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -150,6 +150,7 @@ def main(argv: list[str]) -> Path:
         common.append(f"learner.hebbian_epochs={args.hebbian_epochs}")
     hebbian_only = [o for o in common if o.startswith("learner.")]
     shared = [o for o in common if not o.startswith("learner.")]
+    code = commit()  # the code the rows run (taken before they run: HEAD may move meanwhile)
     data = load(compose(["data=fashion_mnist", *shared]).data, seed=args.seed, device="cpu")
     rows = []
     for name in args.rows:
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> Path:
     payload = {
         "title": "Fashion-MNIST: Hebbian rules beside linear and backprop", "rows": rows, "budget": common,
         "machine": machine_description(torch.device('cpu')),
-        "torch": torch.__version__, "commit": commit(), "updated": dt.date.today().isoformat(),
+        "torch": torch.__version__, "commit": code, "updated": dt.date.today().isoformat(),
         "command": "python benchmarks/fmnist_hebbian.py " + " ".join(argv),
         "train_images": int(data.train_x.shape[0]),
     }
