@@ -120,7 +120,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         epochs = f"{r['epochs']} ({r['hebbian_epochs']})" if "hebbian_epochs" in r else str(r["epochs"])
         base = f"{100 * r['untrained_test_accuracy']:.2f}" if "untrained_test_accuracy" in r else "—"
         lines.append(f"| {r['row']} | {r['what']} | {100 * acc:.2f} | {vs_lin} | {vs_bp} | {base} | "
-                     f"{epochs} | {r['batch_size']} | {r['train_seconds']:.0f} | {r['samples_per_second']:.0f} | "
+                     f"{epochs} | {r['batch_size']} | {r['train_seconds']:.0f} | "
+                     f"{r['samples_per_second']:.0f} | "
                      f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
     path.write_text("\n".join(lines) + "\n")
 
