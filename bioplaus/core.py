@@ -268,6 +268,11 @@ class Learner(nn.Module):
         """Rule-specific figures for ``summary.json``."""
         return {}
 
+    def plan_warnings(self, epochs: int) -> list[str]:
+        """Warnings about a run of ``epochs`` epochs under these options, logged when it starts
+        (e.g. a layer-by-layer schedule that never reaches its last layer). Default: none."""
+        return []
+
     def write_figures(self, run_dir: Path, data: Any = None) -> list[Path]:
         """Draw rule-specific pictures (receptive fields, rasters, recalled patterns) into
         ``run_dir`` as PNG files when a run ends, beside the engine's ``curves.png``; skipped with

@@ -393,6 +393,8 @@ class _Loop:
         self.log(f"{cfg.learner.name} on {cfg.circuit.name} / {cfg.data.name}: "
                  f"{self.data.train_x.shape[0]} train, {self.data.val_x.shape[0]} val, "
                  f"{self.data.test_x.shape[0]} test; device {self.device}; run dir {self.run_dir}")
+        for line in self.learner.plan_warnings(self.epochs):
+            self.log(line)
         if cfg.logger.name == "wandb" and self.writer:
             self.wandb = WandbLogger(cfg.logger, self.run_dir,
                                      OmegaConf.to_container(cfg, resolve=True), self.log)

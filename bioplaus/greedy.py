@@ -32,6 +32,19 @@ class GreedyStages:
     def set_extra_state(self, state: Any) -> None:
         self.epochs_seen = int(state["epochs_seen"])
 
+    def plan_warnings(self, epochs: int) -> list[str]:
+        """A warning when ``epochs`` epochs end before the greedy schedule reaches the last block."""
+        blocks = len(self.circuit.blocks)
+        reached = self.stage_after(max(epochs - 1, 0)) + 1
+        if self.schedule != "greedy" or reached == blocks:
+            return []
+        trained = "block 1" if reached == 1 else f"blocks 1-{reached}"
+        idle = f"block {blocks} is" if reached + 1 == blocks else f"blocks {reached + 1}-{blocks} are"
+        return [f"warning: schedule=greedy with greedy_epochs={self.greedy_epochs} trains {trained} "
+                f"of {blocks} in {epochs} epochs; {idle} never trained (initial weights). The last block "
+                f"starts training at epoch "
+                f"{self.greedy_epochs * (blocks - 1) + 1}: set trainer.epochs to at least that."]
+
     def rule_metrics(self) -> dict[str, Any]:
         """The schedule and readout; under greedy, ``greedy_stage_reached``: the 1-based block that
         trained in the last epoch done, and ``greedy_stages``: how many blocks there are (a run

@@ -263,6 +263,18 @@ class Hebbian(Learner):
             out.append(o.hebbian_lr * (1.0 - into / o.hebbian_epochs) if active else 0.0)
         return out
 
+    def plan_warnings(self, epochs: int) -> list[str]:
+        """A warning when ``epochs`` epochs end before a layer's plasticity starts (layerwise)."""
+        idle = [layer + 1 for layer in range(len(self.circuit.blocks))
+                if all(self.rates(e)[layer] == 0 for e in range(epochs))]
+        if not idle:
+            return []
+        start = self.options.hebbian_epochs * (idle[0] - 1) + 1
+        return [f"warning: schedule=layerwise with hebbian_epochs={self.options.hebbian_epochs}: hidden "
+                f"layer(s) {', '.join(map(str, idle))} never learn in {epochs} epochs and keep their "
+                f"initial weights. Layer {idle[0]} starts learning at epoch {start}: set trainer.epochs "
+                f"to at least that."]
+
     def _set_rates(self, epochs_done: int) -> None:
         self.hebb_lr.copy_(torch.tensor(self.rates(epochs_done), dtype=self.hebb_lr.dtype))
 

@@ -152,6 +152,10 @@ def test_schedule_falls_linearly_and_is_capture_safe():
     assert layerwise.rates(1) == pytest.approx([0.15, 0.0])
     assert layerwise.rates(5) == pytest.approx([0.0, 0.15])
     assert layerwise.rates(8) == [0.0, 0.0]
+    # a run too short for the second layer's turn is warned about; one epoch into it is not
+    assert learner.plan_warnings(1) == [] and layerwise.plan_warnings(5) == []
+    (warning,) = layerwise.plan_warnings(4)
+    assert "layer(s) 2 never learn in 4 epochs" in warning and "epoch 5" in warning
 
 
 def test_bad_options():

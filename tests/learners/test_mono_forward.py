@@ -3,6 +3,8 @@ learning on digits with an MLP and a CNN."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,6 +128,21 @@ def test_greedy_freezes_all_but_the_active_block():
         learner.on_epoch_end(e)
     assert int(learner.stage) == 1  # the last block keeps training
     assert learner.rule_metrics()["greedy_stage_reached"] == 2
+
+
+def test_a_run_that_ends_before_the_last_greedy_stage_is_warned_about(tmp_path):
+    """The learner names the blocks that would never train; the engine logs it at the start."""
+    learner = tiny(hidden=(6, 5, 4), schedule="greedy", greedy_epochs=2)
+    assert learner.plan_warnings(5) == [] and tiny(hidden=(6, 5, 4)).plan_warnings(1) == []
+    (warning,) = learner.plan_warnings(3)
+    assert "blocks 1-2 of 3 in 3 epochs" in warning and "epoch 5" in warning
+    import bioplaus
+
+    cfg = bioplaus.compose(["learner=mono_forward", "learner.schedule=greedy", "learner.greedy_epochs=2",
+                            "circuit.hidden=[8,8]", "trainer.epochs=2", f"paths.runs={tmp_path}"])
+    summary = bioplaus.train(cfg, quiet=True)
+    log = (Path(summary["run_dir"]) / "log.txt").read_text()
+    assert "trains block 1 of 2 in 2 epochs; block 2 is never trained" in log
 
 
 def test_greedy_stage_is_checkpointed():
