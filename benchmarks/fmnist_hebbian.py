@@ -170,7 +170,7 @@ def main(argv: list[str]) -> Path:
         "title": "Fashion-MNIST: Hebbian rules beside linear and backprop", "rows": rows, "budget": common,
         "machine": machine_description(torch.device('cpu')),
         "torch": torch.__version__, "commit": code, "updated": dt.date.today().isoformat(),
-        "command": "python benchmarks/fmnist_hebbian.py " + " ".join(argv),
+        "command": " ".join(["python benchmarks/fmnist_hebbian.py", *argv]),
         "train_images": int(data.train_x.shape[0]),
     }
     return save_results(out_json, payload, write_markdown)
