@@ -115,12 +115,19 @@ def krotov_drive(weight: Tensor, v: Tensor, p: float) -> Tensor:
     return v @ metric.t()  # sgn(w)|w|^{p−1} = w|w|^{p−2} (p ≥ 2)
 
 
+def krotov_ranked(drive: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per example (row of ``drive``, shape (B, units)): the unit of largest drive and the unit of
+    k-th largest drive, two index tensors of shape (B,)."""
+    ranked = torch.topk(drive, k, dim=1).indices
+    return ranked[:, 0], ranked[:, k - 1]
+
+
 def krotov_activity(drive: Tensor, k: int, delta: float) -> Tensor:
     """g (B, units): 1 at each row's largest drive, −Δ at its k-th largest, 0 elsewhere."""
-    ranked = torch.topk(drive, k, dim=1).indices
+    first, kth = krotov_ranked(drive, k)
     g = torch.zeros_like(drive)
-    g.scatter_(1, ranked[:, k - 1:k], -delta)
-    g.scatter_(1, ranked[:, :1], 1.0)
+    g.scatter_(1, kth.unsqueeze(1), -delta)
+    g.scatter_(1, first.unsqueeze(1), 1.0)
     return g
 
 
@@ -131,8 +138,7 @@ def krotov_update(weight: Tensor, v: Tensor, p: float, k: int, delta: float) -> 
     sums over each example's winner (weight 1) and k-th unit (weight −Δ), added row by row instead of
     multiplying by the dense g."""
     drive = krotov_drive(weight, v, p)
-    ranked = torch.topk(drive, k, dim=1).indices
-    first, kth = ranked[:, 0], ranked[:, k - 1]
+    first, kth = krotov_ranked(drive, k)
     hebb = torch.zeros_like(weight).index_add_(0, first, v).index_add_(0, kth, v, alpha=-delta)
     drive_sum = (torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
                  .index_add_(0, first, drive.gather(1, first.unsqueeze(1)).squeeze(1))
