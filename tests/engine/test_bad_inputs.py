@@ -165,6 +165,7 @@ RUN: dict[str, tuple[Callable[[Sandbox], list[str]], str]] = {
     "bad progress": (lambda sb: ["trainer.progress=loud"], "trainer.progress"),
     "unparsable override": (lambda sb: ["learner=[backprop"], "parse"),
     "val fraction out of range": (lambda sb: ["data.val_fraction=1.5"], "val_fraction"),
+    "zca epsilon not positive": (lambda sb: ["data.normalize=zca", "data.zca_epsilon=0"], "zca_epsilon"),
     "resume of nothing": (lambda sb: [f"trainer.resume={sb.data}/nothing"], "last.pt"),
     "runs root is a file": (lambda sb: [f"paths.runs={_a_file(sb)}/runs"], "not writable"),
     # nothing can be created under /proc, whatever the permission bits say (and root passes those)

@@ -129,6 +129,43 @@ def test_normalisation_modes() -> None:
         data.from_raw(raw, normalize="zscore")
 
 
+def test_zca_whitens_with_training_statistics() -> None:
+    """Hand-built covariance: x = z·A with z white, so C = AᵀA; after ZCA with ε → 0 the training
+    covariance is the identity, and with ε = e·mean(λ) each eigenvalue λ becomes λ / (λ + e·mean(λ))
+    along the same eigenvector (ZCA keeps the axes: the map is symmetric)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.2]], dtype=torch.float64)
+    train = (torch.randn(20000, 3, generator=gen, dtype=torch.float64) @ a + 5.0).float().reshape(20000, 1, 3)
+    test = train[:7] * 2.0
+    white, white_test = data.zca(train, test, 1e-9)
+    assert white.shape == train.shape and white_test.shape == test.shape
+    flat = white.reshape(20000, 3).double()
+    assert flat.mean(0).abs().max() < 1e-4
+    cov = flat.t() @ flat / 20000
+    assert torch.allclose(cov, torch.eye(3, dtype=torch.float64), atol=1e-4)
+    # the test split goes through the same affine map: x ↦ (x − μ) M, so 2x ↦ 2(x − μ)M + μM
+    mu = train.reshape(20000, 3).double().mean(0)
+    m = torch.linalg.lstsq(train.reshape(20000, 3).double() - mu, flat).solution
+    assert torch.allclose(white_test.reshape(7, 3).double(), (test.reshape(7, 3).double() - mu) @ m, atol=1e-4)
+    # regularised: eigenvalues λ/(λ + ε), ε = 0.5·mean(λ)
+    x = train.reshape(20000, 3).double()
+    c = (x - mu).t() @ (x - mu) / 20000
+    lam, u = torch.linalg.eigh(c)
+    eps = 0.5 * lam.mean()
+    damped = data.zca(train, test, 0.5)[0].reshape(20000, 3).double()
+    got = u.t() @ (damped.t() @ damped / 20000) @ u
+    assert torch.allclose(got, torch.diag(lam / (lam + eps)), atol=1e-4)
+
+
+def test_zca_normalisation_through_from_tensors_and_bad_epsilon() -> None:
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32) * [1, 2, 3, 4] + 7
+    splits = data.from_tensors(x, np.arange(300) % 2, normalize="zca", zca_epsilon=1e-6)
+    assert abs(float(splits.train_x.mean())) < 0.2 and abs(float(splits.train_x.std()) - 1.0) < 0.1
+    for bad in (0, -1.0, "x", True):
+        with pytest.raises(UsageError, match="zca_epsilon"):
+            data.from_tensors(x, np.arange(300) % 2, normalize="zca", zca_epsilon=bad)
+
+
 def test_digits_are_scikit_learns_bundled_digits_with_a_fixed_test_split() -> None:
     """The digits file is read without importing scikit-learn; it must equal its loader's output."""
     from sklearn.datasets import load_digits as sklearn_digits
