@@ -70,6 +70,11 @@ Deviations and choices of ours:
 * Krotov: ranking by I_μ itself (as the authors' published code does) rather than by
   Q_μ = I_μ/‖W_μ‖_p^{p−1} of the paper's continuous-time equations; the learning rate is annealed
   per epoch. The paper's readout (``readout=krotov``) is offered beside a linear softmax readout.
+  The rule sees the inputs the data config gives it: the paper trains on raw MNIST pixels in
+  [0, 1]; on Fashion-MNIST, whose garments share one bright blob, the rule on raw pixels lets a
+  handful of units win every image and drives the rest to negative drive, so the
+  ``fmnist_hebbian_krotov`` preset trains on ZCA-whitened pixels (``data.normalize=zca``) with
+  n = 2 (measured on the validation split; docs/learners.md).
 * SoftHebb: no bias (the paper's log-prior bias is not learned); a fixed temperature τ (a single
   ``inv_temperature``, the paper's 1/τ = 12 for its first layer) — the paper's per-layer temperature
   choices for deep nets are not reproduced; the adaptive learning rate follows the weight-norm form
