@@ -146,7 +146,8 @@ def test_zca_whitens_with_training_statistics() -> None:
     # the test split goes through the same affine map: x ↦ (x − μ) M, so 2x ↦ 2(x − μ)M + μM
     mu = train.reshape(20000, 3).double().mean(0)
     m = torch.linalg.lstsq(train.reshape(20000, 3).double() - mu, flat).solution
-    assert torch.allclose(white_test.reshape(7, 3).double(), (test.reshape(7, 3).double() - mu) @ m, atol=1e-4)
+    expected = (test.reshape(7, 3).double() - mu) @ m
+    assert torch.allclose(white_test.reshape(7, 3).double(), expected, atol=1e-4)
     # regularised: eigenvalues λ/(λ + ε), ε = 0.5·mean(λ)
     x = train.reshape(20000, 3).double()
     c = (x - mu).t() @ (x - mu) / 20000
