@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bioplaus import config
+from bioplaus import config, data
 
 PRESETS = config.group_options("experiment")
 
@@ -17,4 +17,4 @@ def test_there_are_presets() -> None:
 def test_preset_composes_and_validates(name: str) -> None:
     cfg = config.compose([f"experiment={name}"], check=False)
     config.validate(cfg, check_data=False, check_paths=False)
-    assert cfg.data.get("normalize", "standard") in ("standard", "unit", "zca", "none")
+    assert cfg.data.get("normalize", "standard") in data.NORMALIZE
